@@ -1,0 +1,253 @@
+"""Tiling slide by slide: the unit of work, resumable, parallel and shardable.
+
+Each slide becomes, under ``<out_dir>/slides/``: ``<id>.csv`` (its tissue tiles with
+fractions and labels), ``<id>.json`` (its status, written last, so its presence means
+the slide is finished) and ``qc/<id>.png``. A rerun with the same parameters and an
+unchanged slide skips it; a failed slide records why and is retried next time. The cheap
+global step (:func:`vistumor.tasks.merge`) turns these per-slide results into the manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from vistumor import qc
+from vistumor.annotations import DEFAULT_GROUPS, TumorAnnotation, read_annotations
+from vistumor.catalog import SlideRecord
+from vistumor.errors import AnnotationError, SlideError, VisTumorError
+from vistumor.files import atomic_path, fingerprint, write_json
+from vistumor.slide import Slide
+from vistumor.tiles import (
+    AMBIGUOUS,
+    NORMAL,
+    TUMOR,
+    GridSpec,
+    box_fractions,
+    grid_coordinates,
+    keep_tissue,
+    label_tiles,
+)
+from vistumor.tissue import TissueParams, tissue_mask
+
+log = logging.getLogger(__name__)
+
+DONE, SKIPPED, FAILED, PENDING = "done", "skipped", "failed", "pending"
+
+
+@dataclass(frozen=True)
+class TilingParams:
+    """Everything that decides one slide's tiles (config ``tiling`` minus sampling/split).
+
+    Attributes:
+        patch_size: patch edge in pixels at the read resolution (paper: 512).
+        stride: distance between patches in the same pixels; None = ``patch_size``.
+        level: pyramid level to read (used when ``target_mpp`` is None).
+        target_mpp: read at this many microns per pixel instead of a fixed level.
+        min_tissue_fraction: keep patches with at least this much tissue (paper: 0.6).
+        min_tumor_fraction: tumor label from this much annotated tumor (paper: 0.05).
+        mpp: microns per level-0 pixel when the slides do not record it.
+        annotation_groups: annotation group -> role (tumor / exclude / ignore).
+        checksum: ``fast`` or ``full`` slide fingerprints.
+    """
+
+    patch_size: int = 512
+    stride: int | None = None
+    level: int = 0
+    target_mpp: float | None = None
+    min_tissue_fraction: float = 0.6
+    min_tumor_fraction: float = 0.05
+    mpp: float | None = None
+    annotation_groups: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_GROUPS))
+    checksum: str = "fast"
+    tissue: TissueParams = field(default_factory=TissueParams)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["annotation_groups"] = dict(sorted(dict(self.annotation_groups).items()))
+        return d
+
+    @property
+    def hash(self) -> str:
+        blob = json.dumps(self.as_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# -- one slide -------------------------------------------------------------------------------
+
+
+def grid_spec(slide: Slide, params: TilingParams) -> GridSpec:
+    """Read level and level-0 footprint of this slide's patches."""
+    stride = params.stride or params.patch_size
+    if params.target_mpp is not None:
+        level, scale = slide.level_for_mpp(params.target_mpp)
+    else:
+        if not 0 <= params.level < slide.level_count:
+            raise SlideError(
+                f"tiling.level={params.level} does not exist (slide has {slide.level_count} levels)",
+                slide.path,
+            )
+        level, scale = params.level, 1.0
+    downsample = slide.level_downsamples[level]
+    read_size = int(round(params.patch_size * scale))
+    return GridSpec(
+        level=level,
+        read_size=read_size,
+        size0=read_size * downsample,
+        stride0=stride * scale * downsample,
+    )
+
+
+def tile_slide(record: SlideRecord, params: TilingParams) -> tuple[pd.DataFrame, dict, np.ndarray]:
+    """Tissue tiles of one slide with their fractions and labels, facts, and a QC image."""
+    with Slide(record.path, mpp=params.mpp) as slide:
+        spec = grid_spec(slide, params)
+        width0, height0 = slide.dimensions
+        if width0 < spec.size0 or height0 < spec.size0:
+            raise SlideError(
+                f"slide ({width0}x{height0} px) is smaller than one patch "
+                f"({spec.size0:.0f} level-0 px)", record.path,
+            )
+        thumb, mask_ds = slide.thumbnail(min(params.tissue.downsample, spec.size0 / 8))
+        mpp = slide.mpp
+    tissue = tissue_mask(thumb, params.tissue)
+    if not tissue.any():
+        raise SlideError("no tissue found (check tiling.tissue.min_saturation)", record.path)
+    annotation = _annotation(record, params)
+    x0, y0 = grid_coordinates(width0, height0, spec)
+    tissue_fraction = box_fractions(tissue, mask_ds, x0, y0, spec.size0)
+    keep = keep_tissue(tissue_fraction, params.min_tissue_fraction)
+    x0, y0, tissue_fraction = x0[keep], y0[keep], tissue_fraction[keep]
+    tumor_fraction = annotation.tumor_fractions(x0, y0, spec.size0, spec.size0)
+    labels = label_tiles(tumor_fraction, params.min_tumor_fraction)
+    table = pd.DataFrame({
+        "slide_id": record.slide_id, "slide_path": str(record.path), "kind": record.kind,
+        "x0": x0, "y0": y0, "level": spec.level, "read_size": spec.read_size,
+        "size0": spec.size0, "tissue_fraction": tissue_fraction.round(6),
+        "tumor_fraction": tumor_fraction.round(6), "label": labels,
+    })
+    facts = {
+        "width0": width0, "height0": height0, "mpp": mpp, "level": spec.level,
+        "read_size": spec.read_size, "size0": spec.size0, "n_grid": int(keep.size),
+        "n_tissue": int(keep.sum()), "n_tumor": int((labels == TUMOR).sum()),
+        "n_normal": int((labels == NORMAL).sum()), "n_ambiguous": int((labels == AMBIGUOUS).sum()),
+        "tissue_share": round(float(tissue.mean()), 4),
+    }
+    picture = qc.draw_qc(thumb, mask_ds, tissue, annotation, x0, y0, labels, spec.size0)
+    return table, facts, picture
+
+
+def _annotation(record: SlideRecord, params: TilingParams) -> TumorAnnotation:
+    if record.annotation is not None:
+        return read_annotations(record.annotation, params.annotation_groups)
+    if record.kind == "tumor":
+        raise AnnotationError(
+            "tumor slide without its annotation (expected <annotation_dir>/"
+            f"{record.slide_id}.xml)", record.path,
+        )
+    return TumorAnnotation()
+
+
+# -- the batch -------------------------------------------------------------------------------
+
+
+class SlideStore:
+    """Where per-slide results live under a tiling output folder."""
+
+    def __init__(self, out_dir: str | Path):
+        self.root = Path(out_dir)
+
+    def tiles(self, slide_id: str) -> Path:
+        return self.root / "slides" / f"{slide_id}.csv"
+
+    def status(self, slide_id: str) -> Path:
+        return self.root / "slides" / f"{slide_id}.json"
+
+    def qc(self, slide_id: str) -> Path:
+        return self.root / "qc" / f"{slide_id}.png"
+
+    def read_status(self, record: SlideRecord) -> dict:
+        path = self.status(record.slide_id)
+        if not path.is_file():
+            return _status(record, PENDING, reason="not tiled yet")
+        return json.loads(path.read_text())
+
+    def read_tiles(self, slide_id: str) -> pd.DataFrame:
+        return pd.read_csv(self.tiles(slide_id), dtype={"slide_id": str})
+
+
+def process_slide(record: SlideRecord, params: TilingParams, out_dir: str | Path) -> dict:
+    """Tile one slide unless an earlier run did; never raises for a bad slide."""
+    store = SlideStore(out_dir)
+    start = time.perf_counter()
+    try:
+        checksum = fingerprint(record.path, params.checksum) if record.path.is_file() else None
+        previous = store.read_status(record)
+        if (
+            previous.get("status") == DONE
+            and previous.get("params_hash") == params.hash
+            and previous.get("checksum") == checksum
+            and store.tiles(record.slide_id).is_file()
+        ):
+            return {**previous, "status": SKIPPED, "reason": "already tiled with these parameters"}
+            # (the file keeps saying "done": skipping is what this run did, not a new state)
+        table, facts, picture = tile_slide(record, params)
+        with atomic_path(store.tiles(record.slide_id)) as tmp:
+            table.to_csv(tmp, index=False)
+        qc.save_png(store.qc(record.slide_id), picture)
+        status = _status(record, DONE, checksum=checksum, params_hash=params.hash, **facts)
+    except VisTumorError as err:
+        status = _status(record, FAILED, reason=str(err))
+    except Exception as err:  # a crash in one slide must not stop the batch; it is recorded
+        log.debug("unexpected error on %s", record.path, exc_info=True)
+        status = _status(record, FAILED, reason=f"{record.path}: {type(err).__name__}: {err}")
+    status["seconds"] = round(time.perf_counter() - start, 3)
+    write_json(store.status(record.slide_id), status)
+    return status
+
+
+def _status(record: SlideRecord, status: str, reason: str = "", **facts) -> dict:
+    return {
+        "slide_id": record.slide_id, "path": str(record.path), "kind": record.kind,
+        "annotation": str(record.annotation) if record.annotation else "",
+        "status": status, "reason": reason, **facts,
+    }
+
+
+def run_slides(
+    records: Sequence[SlideRecord], params: TilingParams, out_dir: str | Path, workers: int = 1,
+    progress: bool = True,
+) -> list[dict]:
+    """Tile slides in ``workers`` processes; returns their statuses in input order."""
+    out_dir = Path(out_dir)
+    results: dict[str, dict] = {}
+    bar = tqdm(total=len(records), desc="tiling", unit="slide", disable=not progress)
+    if workers <= 1 or len(records) <= 1:
+        for record in records:
+            results[record.slide_id] = _report(process_slide(record, params, out_dir), bar)
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            futures = [pool.submit(process_slide, r, params, out_dir) for r in records]
+            for future in as_completed(futures):
+                status = _report(future.result(), bar)
+                results[status["slide_id"]] = status
+    bar.close()
+    return [results[r.slide_id] for r in records]
+
+
+def _report(status: dict, bar: tqdm) -> dict:
+    bar.update(1)
+    if status["status"] == FAILED:
+        log.warning("failed: %s", status["reason"])
+    return status
