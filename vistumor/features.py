@@ -1,0 +1,128 @@
+"""Reuse frozen-trunk features across epochs.
+
+With a frozen trunk (the paper's setup) a patch's features only change when its pixels do.
+:class:`FeatureCache` computes them once, for a fixed number of augmentation ``variants``
+per patch (variant 0: the patch as evaluated; variants 1..K-1: fixed random augmentations,
+seeded by patch and variant), at the start of training; each epoch then draws one variant
+per patch and trains the head on features alone, skipping slide reads, augmentation and
+the trunk. Same model, same optimiser; epochs 2..N become nearly free.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from vistumor.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+class _Variant(Dataset):
+    """Items of ``dataset`` under augmentation variant ``variant`` (0 = unaugmented)."""
+
+    def __init__(self, dataset, variant: int, seed: int):
+        self.dataset, self.variant, self.seed = dataset, variant, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        if self.variant == 0:
+            transform, self.dataset.state.transform = self.dataset.state.transform, None
+            try:
+                return self.dataset.item(index)
+            finally:
+                self.dataset.state.transform = transform
+        seed = (self.seed * 1_000_003 + self.variant) * 10_000_019 + index
+        return self.dataset.item(index, seed=seed % 2**32)
+
+
+class FeatureDataset(Dataset):
+    """Precomputed features ``(N, K, F)``; each epoch picks one variant per patch.
+
+    ``source`` is the image dataset the features came from (for explanations).
+    """
+
+    in_memory = True  # served from the main process: no loader workers needed
+
+    def __init__(self, features: torch.Tensor, dataset, seed: int = 0):
+        self.source = dataset
+        self.features = features
+        self.labels = np.asarray(dataset.labels)
+        self.describe = dataset.describe
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict:
+        k = self.features.shape[1]
+        variant = 0 if k == 1 else int(np.random.default_rng((self.seed, self.epoch, index)).integers(k))
+        slide_id, x0, y0 = self.describe(index)
+        return {
+            "features": self.features[index, variant],
+            "label": int(self.labels[index]),
+            "slide_id": slide_id, "x0": x0, "y0": y0,
+        }
+
+
+@torch.no_grad()
+def extract(
+    module, dataset, variants: int, batch_size: int, num_workers: int, seed: int = 0
+) -> torch.Tensor:
+    """Trunk features of every patch for ``variants`` augmentation variants: ``(N, K, F)``."""
+    was_training = module.training
+    module.eval()
+    out = []
+    try:
+        for variant in range(variants):
+            loader = DataLoader(_Variant(dataset, variant, seed), batch_size=batch_size,
+                                num_workers=num_workers, shuffle=False)
+            chunks = [module.features(b["image"].to(module.device)).float().cpu() for b in loader]
+            out.append(torch.cat(chunks))
+    finally:
+        module.train(was_training)
+    return torch.stack(out, dim=1)
+
+
+class FeatureCache(L.Callback):
+    """Swap the train/val datasets for cached trunk features at the start of fitting.
+
+    Args:
+        variants: augmentation variants cached per training patch (1 = no augmentation).
+        seed: seed of the fixed augmentation variants.
+    """
+
+    def __init__(self, variants: int = 4, seed: int = 0):
+        if variants < 1:
+            raise ConfigError(f"feature_cache.variants must be >= 1, got {variants}")
+        self.variants = variants
+        self.seed = seed
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module) -> None:
+        if not pl_module.head_only:
+            raise ConfigError("the feature cache needs a frozen trunk (model.freeze=trunk)")
+        dm = trainer.datamodule
+        start = time.perf_counter()
+        for split, variants in (("train", self.variants), ("val", 1)):
+            dataset = dm.dataset(split)
+            features = extract(pl_module, dataset, variants, dm.batch_size, dm.num_workers, self.seed)
+            dm.datasets[split] = FeatureDataset(features, dataset, self.seed)
+        log.info("feature cache: %d variant(s) of %d train + %d val patches in %.1f s",
+                 self.variants, len(dm.datasets["train"]), len(dm.datasets["val"]),
+                 time.perf_counter() - start)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module) -> None:
+        dataset = trainer.datamodule.datasets.get("train")
+        if isinstance(dataset, FeatureDataset):
+            dataset.set_epoch(trainer.current_epoch)

@@ -1,0 +1,280 @@
+"""Patch datasets: straight from the slides of a manifest, or from a folder of images.
+
+Every item is a dict ``image, label, slide_id, x0, y0, mask, has_mask``:
+
+* ``image``: ``uint8`` tensor ``(3, S, S)`` (normalised later, on the device, by the model);
+* ``mask``: ``uint8`` tensor ``(S, S)``, 1 where the pathologists annotated tumor,
+  transformed together with the image; ``has_mask`` says whether it is ground truth
+  (annotated slides and normal slides) or unknown (image folders without masks).
+
+Slides are opened lazily, once per worker process, and read at the manifest's level and
+size, then resized to ``S`` before augmentation (augmenting 224 px is ~5x cheaper than 512).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import albumentations as A
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from vistumor.annotations import TumorAnnotation, read_annotations
+from vistumor.augment import reseed
+from vistumor.errors import ConfigError
+from vistumor.slide import Slide
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+DEFAULT_CLASSES = {"normal": 0, "tumor": 1}
+
+
+class _PerProcess:
+    """Slide handles, annotations and augmentation seeds that belong to one process.
+
+    After a fork (a data-loader worker) the parent's OpenSlide handles must not be reused,
+    and each worker needs its own random stream: both are renewed when the pid changes.
+    """
+
+    def __init__(self, transform: A.Compose | None):
+        self.transform = transform
+        self.pid = None
+        self.slides: dict[str, Slide] = {}
+        self.annotations: dict[str, TumorAnnotation] = {}
+
+    def check(self) -> None:
+        if self.pid != os.getpid():
+            self.pid = os.getpid()
+            self.slides, self.annotations = {}, {}
+            reseed(self.transform, torch.initial_seed() % 2**32)
+
+    def __getstate__(self):  # pickled into spawned workers: without open handles
+        return {"transform": self.transform, "pid": None, "slides": {}, "annotations": {}}
+
+
+class _Patches(Dataset):
+    """Shared item logic: ``read`` gives pixels and mask, ``describe`` the rest."""
+
+    labels: np.ndarray
+    state: _PerProcess
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def read(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
+        raise NotImplementedError
+
+    def describe(self, index: int) -> tuple[str, int, int]:
+        """``(slide_id, x0, y0)`` of an item."""
+        raise NotImplementedError
+
+    def item(self, index: int, seed: int | None = None) -> dict:
+        """The item, augmented with a fixed ``seed`` when given (one augmentation variant)."""
+        rgb, mask = self.read(index)
+        if seed is not None:
+            reseed(self.state.transform, seed)
+        slide_id, x0, y0 = self.describe(index)
+        return to_item(rgb, mask, self.state.transform, int(self.labels[index]), slide_id, x0, y0)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.item(index)
+
+
+class PatchDataset(_Patches):
+    """Patches listed in a manifest table, read from their slides.
+
+    Args:
+        table: manifest rows (``slide_path, slide_id, kind, x0, y0, level, read_size,
+            size0, label``).
+        image_size: output edge ``S`` in pixels.
+        transform: augmentation applied to image and mask together.
+        annotations: slide_id -> annotation file, for tumor masks.
+        annotation_groups: group mapping for those files.
+        mpp: microns-per-pixel override passed to the slides.
+        with_masks: rasterise tumor masks (off for training, where only labels are used).
+    """
+
+    def __init__(
+        self,
+        table: pd.DataFrame,
+        image_size: int,
+        transform: A.Compose | None = None,
+        annotations: Mapping[str, str] | None = None,
+        annotation_groups: Mapping[str, str] | None = None,
+        mpp: float | None = None,
+        with_masks: bool = True,
+    ):
+        self.image_size = int(image_size)
+        self.with_masks = with_masks
+        self.slide_path = table["slide_path"].astype(str).to_numpy()
+        self.slide_id = table["slide_id"].astype(str).to_numpy()
+        self.kind = table["kind"].astype(str).to_numpy()
+        self.x0 = table["x0"].to_numpy(np.int64)
+        self.y0 = table["y0"].to_numpy(np.int64)
+        self.level = table["level"].to_numpy(np.int64)
+        self.read_size = table["read_size"].to_numpy(np.int64)
+        self.size0 = table["size0"].to_numpy(np.float64)
+        self.labels = table["label"].to_numpy(np.int64)
+        self.annotation_files = {k: v for k, v in (annotations or {}).items() if v}
+        self.annotation_groups = dict(annotation_groups) if annotation_groups else None
+        self.mpp = mpp
+        self.state = _PerProcess(transform)
+
+    def read(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """The RGB patch at output size and its tumor mask (None when unknown), unaugmented."""
+        self.state.check()
+        path = self.slide_path[index]
+        slide = self.state.slides.get(path)
+        if slide is None:
+            slide = self.state.slides[path] = Slide(path, mpp=self.mpp)
+        size = self.read_size[index]
+        rgb = slide.read_region(self.x0[index], self.y0[index], self.level[index], size, size)
+        if size != self.image_size:
+            rgb = cv2.resize(rgb, (self.image_size, self.image_size), interpolation=cv2.INTER_AREA)
+        return rgb, self._mask(index)
+
+    def _mask(self, index: int) -> np.ndarray | None:
+        if not self.with_masks:
+            return None
+        slide_id = self.slide_id[index]
+        file = self.annotation_files.get(slide_id)
+        if file is None:
+            return None if self.kind[index] == "tumor" else np.zeros((self.image_size,) * 2, np.uint8)
+        annotation = self.state.annotations.get(slide_id)
+        if annotation is None:
+            annotation = self.state.annotations[slide_id] = read_annotations(
+                file, self.annotation_groups
+            )
+        s0 = self.size0[index]
+        mask = annotation.rasterize(
+            self.x0[index], self.y0[index], s0, s0, out_shape=(self.image_size, self.image_size)
+        )
+        return mask.astype(np.uint8)
+
+    def describe(self, index: int) -> tuple[str, int, int]:
+        return self.slide_id[index], int(self.x0[index]), int(self.y0[index])
+
+
+class ImagePatchDataset(_Patches):
+    """Patch images on disk (PCam-style collections), with optional masks.
+
+    Args:
+        samples: rows of ``path, label[, mask_path]``.
+        image_size: output edge in pixels (images are resized when they differ).
+    """
+
+    def __init__(
+        self,
+        samples: pd.DataFrame,
+        image_size: int,
+        transform: A.Compose | None = None,
+    ):
+        self.paths = samples["path"].astype(str).to_numpy()
+        self.labels = samples["label"].to_numpy(np.int64)
+        masks = samples["mask_path"] if "mask_path" in samples else pd.Series([None] * len(samples))
+        self.mask_paths = [m if isinstance(m, str) and m else None for m in masks]
+        self.image_size = int(image_size)
+        self.state = _PerProcess(transform)
+
+    def read(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
+        self.state.check()
+        rgb = _load_image(self.paths[index], "RGB", self.image_size, cv2.INTER_AREA)
+        mask_path = self.mask_paths[index]
+        mask = None
+        if mask_path is not None:
+            mask = (_load_image(mask_path, "L", self.image_size, cv2.INTER_NEAREST) > 0).astype(np.uint8)
+        return rgb, mask
+
+    def describe(self, index: int) -> tuple[str, int, int]:
+        return Path(self.paths[index]).stem, 0, 0
+
+
+def to_item(
+    rgb: np.ndarray, mask: np.ndarray | None, transform: A.Compose | None, label: int,
+    slide_id: str, x0: int, y0: int,
+) -> dict:
+    """Augment image and mask together and pack the dataset item."""
+    has_mask = mask is not None
+    if mask is None:
+        mask = np.zeros(rgb.shape[:2], np.uint8)
+    if transform is not None:
+        out = transform(image=rgb, mask=mask)
+        rgb, mask = out["image"], out["mask"]
+    return {
+        "image": torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))),
+        "label": label,
+        "slide_id": slide_id,
+        "x0": x0,
+        "y0": y0,
+        "mask": torch.from_numpy(np.ascontiguousarray(mask)),
+        "has_mask": has_mask,
+    }
+
+
+def _load_image(path: str, mode: str, size: int, interpolation: int) -> np.ndarray:
+    try:
+        with Image.open(path) as image:
+            array = np.asarray(image.convert(mode))
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"cannot read image ({err})", path) from err
+    if array.shape[0] != size or array.shape[1] != size:
+        array = cv2.resize(array, (size, size), interpolation=interpolation)
+    return array
+
+
+# -- image folders -----------------------------------------------------------------------------
+
+
+def image_samples(source: str | Path, classes: Mapping[str, int] | None = None) -> pd.DataFrame:
+    """``path, label[, mask_path]`` rows from a folder ``<root>/<class>/*.png|jpg|tif`` or a CSV.
+
+    CSV paths are relative to the CSV's folder unless absolute. Folder class names map to
+    labels by ``classes`` (default ``normal``: 0, ``tumor``: 1); masks are looked up as
+    ``<root>/masks/<class>/<stem>.png`` when that folder exists.
+    """
+    source = Path(source)
+    classes = dict(DEFAULT_CLASSES if classes is None else classes)
+    if source.is_file():
+        return _csv_samples(source)
+    if not source.is_dir():
+        raise ConfigError("patch folder or CSV not found", source)
+    rows = []
+    for name, label in classes.items():
+        for path in sorted((source / name).glob("*")):
+            if path.suffix.lower() in IMAGE_SUFFIXES:
+                mask = source / "masks" / name / f"{path.stem}.png"
+                rows.append({
+                    "path": str(path), "label": int(label),
+                    "mask_path": str(mask) if mask.is_file() else None,
+                })
+    if not rows:
+        raise ConfigError(f"no images in class folders {sorted(classes)} ({IMAGE_SUFFIXES})", source)
+    return pd.DataFrame(rows)
+
+
+def _csv_samples(path: Path) -> pd.DataFrame:
+    table = pd.read_csv(path)
+    missing = {"path", "label"} - set(table.columns)
+    if missing:
+        raise ConfigError(f"patch CSV lacks columns {sorted(missing)} (needs path,label[,mask_path])", path)
+
+    def resolve(p):
+        if not isinstance(p, str) or not p:
+            return None
+        return str(p if Path(p).is_absolute() else path.parent / p)
+
+    table["path"] = table["path"].map(resolve)
+    if "mask_path" in table:
+        table["mask_path"] = table["mask_path"].map(resolve)
+    bad = set(table["label"].unique()) - {0, 1}
+    if bad:
+        raise ConfigError(f"patch CSV labels must be 0 (normal) or 1 (tumor), found {sorted(bad)}", path)
+    return table
