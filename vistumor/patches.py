@@ -123,6 +123,7 @@ class PatchDataset(_Patches):
         self.read_size = table["read_size"].to_numpy(np.int64)
         self.size0 = table["size0"].to_numpy(np.float64)
         self.labels = table["label"].to_numpy(np.int64)
+        self.tumor_fraction = table["tumor_fraction"].to_numpy(np.float64)
         self.annotation_files = {k: v for k, v in (annotations or {}).items() if v}
         self.annotation_groups = dict(annotation_groups) if annotation_groups else None
         self.mpp = mpp
