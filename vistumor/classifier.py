@@ -40,6 +40,8 @@ class PatchClassifier(L.LightningModule):
         threshold: tumor probability at which a patch is called tumor.
         label_smoothing: cross-entropy label smoothing.
         channels_last: use channels-last memory format on CUDA.
+        image_size: input edge the model is trained on (recorded in checkpoints; set by
+            the training task from the datamodule); None = the backbone's default.
     """
 
     def __init__(
@@ -55,6 +57,7 @@ class PatchClassifier(L.LightningModule):
         threshold: float = 0.5,
         label_smoothing: float = 0.0,
         channels_last: bool = True,
+        image_size: int | None = None,
     ):
         super().__init__()
         # plain values only: checkpoints then load with torch.load(weights_only=True)
@@ -79,7 +82,8 @@ class PatchClassifier(L.LightningModule):
 
     @property
     def input_size(self) -> int:
-        return int(self.data_config["input_size"][-1])
+        """The image edge this model expects: as trained, else the backbone's default."""
+        return int(self.hparams.image_size or self.data_config["input_size"][-1])
 
     @property
     def num_parameters(self) -> tuple[int, int]:
