@@ -55,4 +55,4 @@ def draw_qc(
 
 def save_png(path: str | Path, image: np.ndarray) -> None:
     with atomic_path(path) as tmp:
-        Image.fromarray(image).save(tmp, format="PNG")
+        Image.fromarray(image).save(tmp, format="PNG", compress_level=1)  # 6x faster than default

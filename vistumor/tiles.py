@@ -60,7 +60,8 @@ def box_fractions(
     ``((c + .5) * downsample, (r + .5) * downsample)``, and belongs to the boxes containing
     that point. Computed with an integral image: O(1) per box.
     """
-    integral = np.pad(mask.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    counts = np.int32 if mask.size < 2**31 else np.int64
+    integral = np.pad(mask.astype(counts).cumsum(0, dtype=counts).cumsum(1, dtype=counts), ((1, 0), (1, 0)))
     rows, cols = mask.shape
     c_first = _first_centre(np.asarray(x0, np.float64), downsample, cols)
     c_stop = _first_centre(np.asarray(x0, np.float64) + size0, downsample, cols)

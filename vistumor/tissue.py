@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from scipy import ndimage
 
 
 @dataclass(frozen=True)
@@ -69,10 +68,17 @@ def _morphology(mask: np.ndarray, params: TissueParams) -> np.ndarray:
         padded = cv2.copyMakeBorder(mask, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0)
         padded = cv2.morphologyEx(padded, cv2.MORPH_CLOSE, _disk(params.close_radius))
         mask = padded[pad:-pad, pad:-pad]
-    mask = mask.astype(bool)
     if params.fill_holes:
-        mask = ndimage.binary_fill_holes(mask)
-    return mask
+        mask = fill_holes(mask)
+    return mask.astype(bool)
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """Set every background pixel not 4-connected to the border (as binary_fill_holes, faster)."""
+    padded = cv2.copyMakeBorder(mask.astype(np.uint8), 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
+    flood = padded.copy()
+    cv2.floodFill(flood, None, (0, 0), 2, flags=4)
+    return (flood != 2)[1:-1, 1:-1]
 
 
 def remove_small(mask: np.ndarray, min_area: int) -> np.ndarray:
