@@ -125,15 +125,19 @@ class TumorAnnotation:
         A pixel is tumor when its centre lies inside the geometry (sub-pixel accurate).
 
         Args:
-            out_shape: ``(rows, cols)``; default ``ceil(height / downsample), ceil(width / downsample)``.
+            out_shape: ``(rows, cols)`` stretched over the box (``downsample`` is then unused);
+                default ``ceil(height / downsample), ceil(width / downsample)`` pixels of
+                exactly ``downsample`` level-0 pixels, the last ones reaching past the box.
         """
         if out_shape is None:
             out_shape = (int(np.ceil(height / downsample)), int(np.ceil(width / downsample)))
+            sx = sy = float(downsample)  # level-0 px per output px
+        else:
+            sx, sy = width / out_shape[1], height / out_shape[0]
         rows, cols = out_shape
         if self.is_empty:
             return np.zeros((rows, cols), bool)
-        sx, sy = width / cols, height / rows  # level-0 px per output px
-        view = shapely.box(x0, y0, x0 + width, y0 + height)
+        view = shapely.box(x0, y0, x0 + cols * sx, y0 + rows * sy)
         rings = [
             np.asarray(ring.coords)
             for polygon in self.polygons

@@ -176,12 +176,6 @@ def apply_freeze(model: nn.Module, freeze: str | int) -> set[str]:
 
 
 def frozen_modules(model: nn.Module) -> list[nn.Module]:
-    """Leaf-most modules whose own parameters are all frozen (kept in eval mode while training,
-    so BatchNorm running statistics of a frozen trunk never move)."""
-    frozen = []
-    for module in model.modules():
-        own = list(module.parameters(recurse=False))
-        if own and not any(p.requires_grad for p in own):
-            frozen.append(module)
-    return frozen
-
+    """Modules holding no trainable parameter (recursively): kept in eval mode while training,
+    so a frozen trunk's BatchNorm statistics never move and its dropout stays off."""
+    return [m for m in model.modules() if not any(p.requires_grad for p in m.parameters())]

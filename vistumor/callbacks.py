@@ -1,4 +1,5 @@
-"""Training callbacks: learning curves (the paper's Figure 2) and training throughput."""
+"""Training callbacks: learning curves (the paper's Figure 2), throughput, and Grad-CAM++
+every validation epoch."""
 
 from __future__ import annotations
 
@@ -6,10 +7,16 @@ import time
 from pathlib import Path
 
 import lightning as L
+import numpy as np
+import torch
 from lightning.pytorch.utilities import rank_zero_only
 from matplotlib.figure import Figure
 
+from vistumor import localization
+from vistumor.cam import Explainer, check_method
 from vistumor.metrics import key, save_figure
+from vistumor.patches import read_items
+from vistumor.render import Row, grid
 
 
 class LearningCurves(L.Callback):
@@ -122,8 +129,6 @@ class CamMonitor(L.Callback):
         threshold: float = 0.5, tolerance: int = 0, every_n_epochs: int = 1, seed: int = 0,
         dirpath: str | None = None, fast: bool = True, batch_size: int = 32,
     ):
-        from vistumor.cam import check_method
-
         self.method = check_method(method)
         self.target_layer = target_layer
         self.n_tumor, self.n_normal = n_tumor, n_normal
@@ -141,8 +146,6 @@ class CamMonitor(L.Callback):
 
     def select(self, dataset, n_tumor: int, n_normal: int) -> list[int]:
         """Seeded patch indices: partly covered tumor patches first, then whole ones, then normal."""
-        import numpy as np
-
         rng = np.random.default_rng(self.seed)
         labels = np.asarray(dataset.labels)
         tumor = rng.permutation(np.flatnonzero(labels == 1))
@@ -154,19 +157,9 @@ class CamMonitor(L.Callback):
 
     def load(self, dataset, indices: list[int], key_: str) -> tuple:
         """Unaugmented pixels and masks of ``indices``, read once and kept."""
-        import numpy as np
-        import torch
-
         if key_ not in self._cache:
-            images, masks, known = [], [], []
-            for i in indices:
-                rgb, mask = dataset.read(i)
-                images.append(torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))))
-                masks.append(np.zeros(rgb.shape[:2], bool) if mask is None else mask.astype(bool))
-                known.append(mask is not None)
             labels = np.asarray(dataset.labels)[indices]
-            stacked = torch.stack(images) if images else torch.empty(0, 3, 1, 1, dtype=torch.uint8)
-            self._cache[key_] = (stacked, np.array(masks), np.array(known), labels)
+            self._cache[key_] = (*read_items(dataset, indices), labels)
         return self._cache[key_]
 
     # -- hooks ------------------------------------------------------------------------------
@@ -184,13 +177,9 @@ class CamMonitor(L.Callback):
         self._score(trainer, pl_module, dataset, "test", self.test_score_patches)
 
     def _explainer(self, pl_module):
-        from vistumor.cam import Explainer
-
         return Explainer(pl_module, self.method, self.target_layer, self.fast, self.batch_size)
 
     def _score(self, trainer, pl_module, dataset, stage: str, n: int) -> None:
-        from vistumor import localization
-
         indices = self.select(dataset, n, 0)
         images, masks, known, _ = self.load(dataset, indices, f"{stage}-score")
         if not len(images):
@@ -203,10 +192,6 @@ class CamMonitor(L.Callback):
             pl_module.log_dict(values, sync_dist=False)
 
     def _grid(self, trainer, pl_module, dataset) -> None:
-        import torch
-
-        from vistumor.render import Row, grid
-
         indices = self.select(dataset, self.n_tumor, self.n_normal)
         images, masks, known, labels = self.load(dataset, indices, "val-grid")
         if not len(images):

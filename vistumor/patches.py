@@ -220,6 +220,21 @@ def to_item(
     }
 
 
+def read_items(dataset: _Patches, indices) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """Unaugmented ``uint8`` images ``(N, 3, S, S)``, boolean masks ``(N, S, S)`` and whether
+    each mask is known, for ``indices`` of a patch dataset."""
+    images, masks, known = [], [], []
+    for i in indices:
+        rgb, mask = dataset.read(int(i))
+        images.append(torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))))
+        masks.append(np.zeros(rgb.shape[:2], bool) if mask is None else mask.astype(bool))
+        known.append(mask is not None)
+    if not images:
+        size = dataset.image_size
+        return torch.empty(0, 3, size, size, dtype=torch.uint8), np.zeros((0, size, size), bool), np.zeros(0, bool)
+    return torch.stack(images), np.array(masks), np.array(known)
+
+
 def _load_image(path: str, mode: str, size: int, interpolation: int) -> np.ndarray:
     try:
         with Image.open(path) as image:

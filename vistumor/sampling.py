@@ -73,9 +73,10 @@ def sample_manifest(
         kinds = tiles.groupby("slide_id")["kind"].first()
         assignment = split_slides(kinds, fractions, rng)
         candidates = candidates.assign(split=candidates["slide_id"].map(assignment))
+        targets = _targets(sampling, fractions)
         parts = [
-            _balance(group, _target(sampling, frac), sampling.tumor_share, rng).assign(split=name)
-            for name, frac in fractions.items()
+            _balance(group, targets[name], sampling.tumor_share, rng).assign(split=name)
+            for name in fractions
             for group in [candidates[candidates["split"] == name]]
         ]
         chosen = pd.concat(parts, ignore_index=True)
@@ -158,8 +159,11 @@ def _candidates(tiles: pd.DataFrame, sampling: SamplingParams, rng) -> pd.DataFr
     return candidates
 
 
-def _target(sampling: SamplingParams, fraction: float) -> int | None:
-    return None if sampling.target_total is None else int(round(sampling.target_total * fraction))
+def _targets(sampling: SamplingParams, fractions: Mapping[str, float]) -> dict[str, int | None]:
+    """Patches per split: ``target_total`` divided by largest remainder, so they sum to it."""
+    if sampling.target_total is None:
+        return dict.fromkeys(fractions)
+    return allocate(sampling.target_total, fractions) or dict.fromkeys(fractions, 0)
 
 
 def _balance(tiles: pd.DataFrame, target: int | None, tumor_share: float, rng) -> pd.DataFrame:
@@ -173,8 +177,9 @@ def _balance(tiles: pd.DataFrame, target: int | None, tumor_share: float, rng) -
     )
     if not np.isfinite(total):
         total = len(tumor) + len(normal)
+    total = int(np.floor(total + 1e-9))  # e.g. 3 / (1 - 0.7) = 9.999999999999998 is 10
     n_tumor = min(len(tumor), int(round(total * tumor_share)))
-    n_normal = min(len(normal), int(round(total * (1 - tumor_share))))
+    n_normal = min(len(normal), total - n_tumor)  # rounding both could overshoot the target
     pick = [
         frame.iloc[np.sort(rng.choice(len(frame), n, replace=False))]
         for frame, n in ((tumor, n_tumor), (normal, n_normal))

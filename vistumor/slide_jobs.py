@@ -212,6 +212,9 @@ def process_slide(record: SlideRecord, params: TilingParams, out_dir: str | Path
     except Exception as err:  # a crash in one slide must not stop the batch; it is recorded
         log.debug("unexpected error on %s", record.path, exc_info=True)
         status = _status(record, FAILED, reason=f"{record.path}: {type(err).__name__}: {err}")
+    if status["status"] == FAILED:  # no tiles or picture of an earlier run beside a failure
+        store.tiles(record.slide_id).unlink(missing_ok=True)
+        store.qc(record.slide_id).unlink(missing_ok=True)
     status["seconds"] = round(time.perf_counter() - start, 3)
     write_json(store.status(record.slide_id), status)
     return status

@@ -1,0 +1,24 @@
+"""Configuration helpers shared by the tasks: typed parameters from config nodes."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from vistumor.errors import ConfigError
+
+
+def build(cls, values: Mapping[str, Any], where: str):
+    """``cls(**values)`` for a dataclass, naming the config path of any unknown key."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {unknown} in {where}; known: {sorted(names)}")
+    return cls(**values)
+
+
+def plain(node) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node

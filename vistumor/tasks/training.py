@@ -1,0 +1,158 @@
+"""The training task: manifest -> datamodule + model -> fit, test, figures, metrics.json."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import pandas as pd
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from vistumor import devices, metrics, tracking
+from vistumor.callbacks import Throughput
+from vistumor.classifier import PatchClassifier
+from vistumor.datamodule import PatchDataModule
+from vistumor.files import atomic_path, write_json
+from vistumor.tasks.config import plain
+from vistumor.tasks.tiling import tile, tiling_params
+
+log = logging.getLogger(__name__)
+
+
+# -- training -------------------------------------------------------------------------------
+
+
+def ensure_manifest(cfg: DictConfig) -> Path:
+    """The manifest the config asks for; tiled first when missing and ``data.tile_if_missing``."""
+    path = Path(cfg.data.datamodule.manifest_path)
+    if cfg.data.get("tile_if_missing") and not _manifest_current(path, tiling_params(cfg).hash):
+        log.info("no current manifest at %s: tiling first", path)
+        tile(cfg)
+    return path
+
+
+def _manifest_current(path: Path, tiling_hash: str) -> bool:
+    meta = path.with_suffix(".json")
+    if not (path.is_file() and meta.is_file()):
+        return False
+    try:
+        return json.loads(meta.read_text()).get("tiling_hash") == tiling_hash
+    except json.JSONDecodeError:
+        return False
+
+
+def build_datamodule(cfg: DictConfig, input_size: int) -> PatchDataModule:
+    """The configured datamodule, told what the manifest must match and the model's input size."""
+    node = cfg.data.datamodule
+    extra: dict[str, Any] = {"augment": plain(cfg.get("augment")) or {}}
+    if node.get("manifest_path"):
+        ensure_manifest(cfg)
+        params = tiling_params(cfg)
+        extra.update(
+            tiling_hash=params.hash, tiling=params.as_dict(),
+            annotation_groups=plain(cfg.data.annotation_groups), mpp=cfg.data.get("mpp"),
+        )
+    dm = instantiate(node, **extra, _convert_="all")
+    dm.use_model_input(input_size)
+    return dm
+
+
+def build_model(cfg: DictConfig) -> PatchClassifier:
+    return instantiate(cfg.model, _convert_="all")
+
+
+def build_trainer(cfg: DictConfig, callbacks: list, loggers: list) -> L.Trainer:
+    node = OmegaConf.merge(cfg.trainer, {"precision": devices.precision(cfg.trainer)})
+    accelerator = devices.accelerator(node.get("accelerator"))
+    return instantiate(node, accelerator=accelerator, callbacks=callbacks, logger=loggers or False,
+                       _convert_="all")
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit and test a patch classifier as configured; returns the run's metrics.
+
+    Writes into the run folder (``paths.output_dir``): checkpoints, CSV/W&B logs,
+    ``learning_curves.png``, and at test ``confusion_matrix.png``, ``roc.png``,
+    ``predictions.csv`` and ``metrics.json`` (what the sweep's comparison table reads).
+    """
+    start = time.perf_counter()
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+    model = build_model(cfg)
+    dm = build_datamodule(cfg, model.input_size)
+    model.hparams.image_size = dm.image_size  # checkpoints remember the trained input size
+    callbacks = [instantiate(c, _convert_="all") for c in (cfg.get("callbacks") or {}).values()
+                 if c is not None and "_target_" in c]
+    throughput = next((c for c in callbacks if isinstance(c, Throughput)), None)
+    loggers = tracking.build_loggers(cfg.get("logger"))
+    trainer = build_trainer(cfg, callbacks, loggers)
+    trainable, total = model.num_parameters
+    for logger in loggers:
+        logger.log_hyperparams({**plain(_without_hydra(cfg)), "params_trainable": trainable,
+                                "params_total": total})
+    log.info("%s: %s trainable of %s parameters", cfg.model.backbone, f"{trainable:,}", f"{total:,}")
+    result: dict[str, Any] = {"model": cfg.model.backbone, "params_trainable": trainable,
+                              "params_total": total, "run_dir": str(cfg.paths.output_dir)}
+    try:
+        if cfg.get("train", True):
+            trainer.fit(model, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
+            result.update(_floats(trainer.callback_metrics, prefix=("train/", "val/")))
+            result["best_ckpt"] = _best_checkpoint(trainer)
+        if cfg.get("test", True):
+            ckpt = result.get("best_ckpt") or (None if cfg.get("train", True) else cfg.get("ckpt_path"))
+            trainer.test(model, datamodule=dm, ckpt_path=ckpt or None, weights_only=False)
+            result.update(_floats(trainer.callback_metrics, prefix=("test/",)))
+            if trainer.is_global_zero:
+                result.update(write_test_outputs(model, Path(cfg.paths.output_dir)))
+    finally:
+        tracking.finish(loggers)
+    if throughput is not None:
+        result["images_per_s"] = round(throughput.images_per_s, 2)
+    result["wall_time_s"] = round(time.perf_counter() - start, 2)
+    if trainer.is_global_zero:
+        write_json(Path(cfg.paths.output_dir) / "metrics.json", result)
+    return result
+
+
+def _without_hydra(cfg: DictConfig) -> DictConfig:
+    return OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+
+
+def _best_checkpoint(trainer: L.Trainer) -> str | None:
+    ckpt = trainer.checkpoint_callback
+    if ckpt is None:
+        return None
+    return ckpt.best_model_path or ckpt.last_model_path or None
+
+
+def _floats(metrics: Mapping, prefix: tuple[str, ...]) -> dict[str, float]:
+    return {k: round(float(v), 6) for k, v in metrics.items() if k.startswith(prefix)}
+
+
+def write_test_outputs(model: PatchClassifier, folder: Path) -> dict[str, str]:
+    """Predictions CSV, confusion-matrix and ROC figures of the last test run."""
+    out = model.gathered_test_outputs()
+    if not out["prob"]:
+        return {}
+    table = pd.DataFrame(out)
+    table["pred"] = (table["prob"] >= model.hparams.threshold).astype(int)
+    with atomic_path(folder / "predictions.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    pred, label = table["pred"].to_numpy(), table["label"].to_numpy()
+    counts = {
+        "tp": int(((pred == 1) & (label == 1)).sum()), "fp": int(((pred == 1) & (label == 0)).sum()),
+        "tn": int(((pred == 0) & (label == 0)).sum()), "fn": int(((pred == 0) & (label == 1)).sum()),
+    }
+    name = model.hparams.backbone
+    confusion = metrics.confusion_figure(**counts, path=folder / "confusion_matrix.png", title=name)
+    roc = metrics.roc_figure(torch.tensor(table["prob"].to_numpy()), torch.tensor(label),
+                             folder / "roc.png", title=name)
+    return {"predictions": str(folder / "predictions.csv"), "confusion_matrix": str(confusion),
+            "roc": str(roc), **{f"test_{k}": v for k, v in counts.items()}}
