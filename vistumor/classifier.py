@@ -169,6 +169,7 @@ class PatchClassifier(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_metrics("test")
+        self.test_outputs = self._gather(self.test_outputs)  # every rank takes part
 
     def _collect(self, batch: dict, probs: torch.Tensor) -> None:
         out = self.test_outputs
@@ -178,9 +179,9 @@ class PatchClassifier(L.LightningModule):
         out["x0"].extend(torch.as_tensor(batch.get("x0", [0] * len(probs))).cpu().tolist())
         out["y0"].extend(torch.as_tensor(batch.get("y0", [0] * len(probs))).cpu().tolist())
 
-    def gathered_test_outputs(self) -> dict[str, list]:
-        """Per-patch test outputs of every rank (DDP), in rank order."""
-        out = self.test_outputs
+    @staticmethod
+    def _gather(out: dict[str, list]) -> dict[str, list]:
+        """Per-patch outputs of every rank (DDP), in rank order; a collective call."""
         if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
             return out
         parts: list = [None] * torch.distributed.get_world_size()

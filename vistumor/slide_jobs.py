@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +74,8 @@ class TilingParams:
     tissue: TissueParams = field(default_factory=TissueParams)
 
     def as_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        """Plain values, floats as floats (YAML's ``32`` and ``32.0`` must hash alike)."""
+        d = _floats_as_floats(self)
         d["annotation_groups"] = dict(sorted(dict(self.annotation_groups).items()))
         return d
 
@@ -82,6 +83,18 @@ class TilingParams:
     def hash(self) -> str:
         blob = json.dumps(self.as_dict(), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _floats_as_floats(obj) -> dict[str, Any]:
+    out = {}
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if is_dataclass(value):
+            value = _floats_as_floats(value)
+        elif "float" in str(f.type) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        out[f.name] = value
+    return out
 
 
 # -- one slide -------------------------------------------------------------------------------

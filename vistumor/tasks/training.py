@@ -138,7 +138,7 @@ def _floats(metrics: Mapping, prefix: tuple[str, ...]) -> dict[str, float]:
 
 def write_test_outputs(model: PatchClassifier, folder: Path) -> dict[str, str]:
     """Predictions CSV, confusion-matrix and ROC figures of the last test run."""
-    out = model.gathered_test_outputs()
+    out = model.test_outputs
     if not out["prob"]:
         return {}
     table = pd.DataFrame(out)
