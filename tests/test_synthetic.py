@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -14,6 +16,7 @@ import tifffile
 from shapely.geometry import Polygon
 
 from vistumor import synthetic
+from vistumor.errors import ConfigError
 
 SIZE = 1536
 MPP = 0.25
@@ -22,8 +25,9 @@ FIXTURES = Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures"
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> tuple[Path, list[Path]]:
+    """Rendered by two worker processes; tests compare slides with in-process renders."""
     root = tmp_path_factory.mktemp("synthetic")
-    paths = synthetic.generate_dataset(root, n_normal=2, n_tumor=2, size=SIZE, mpp=MPP, seed=0)
+    paths = synthetic.generate_dataset(root, n_normal=2, n_tumor=2, size=SIZE, mpp=MPP, seed=0, workers=2)
     return root, paths
 
 
@@ -137,28 +141,16 @@ def test_odd_size_and_mpp_round_trip(tmp_path):
     assert np.abs(corner[..., :3].astype(int) - reference).mean() < 2
 
 
-def test_same_seed_same_bytes_other_seed_differs(tmp_path):
-    def render(name: str, seed) -> tuple[bytes, bytes]:
-        tif, xml = tmp_path / f"{name}.tif", tmp_path / f"{name}.xml"
-        synthetic.generate_slide(tif, "tumor", 1024, MPP, seed, xml)
-        return tif.read_bytes(), xml.read_bytes()
-
-    first = render("a", [7, 1, 1])
-    assert render("b", [7, 1, 1]) == first
-    other = render("c", [8, 1, 1])
-    assert other[0] != first[0] and other[1] != first[1]
-
-
-def test_parallel_workers_give_identical_files(dataset, tmp_path):
-    """A slide depends on (seed, kind, index) only: not on the worker, nor on the slide count."""
+def test_same_seed_same_bytes_other_seed_differs(dataset, tmp_path):
+    """A slide depends on (seed, kind, index) only: not on the worker process, nor on the slide count."""
     root, paths = dataset
-    parallel = synthetic.generate_dataset(
-        tmp_path, n_normal=1, n_tumor=1, size=SIZE, mpp=MPP, seed=0, workers=2
-    )
-    for mine, theirs in zip([paths[0], paths[2]], parallel, strict=True):
-        assert mine.read_bytes() == theirs.read_bytes()
-    xml = Path("training/lesion_annotations/tumor_001.xml")
-    assert (root / xml).read_bytes() == (tmp_path / xml).read_bytes()
+    xml = root / "training" / "lesion_annotations" / "tumor_001.xml"
+    tif, again = tmp_path / "t.tif", tmp_path / "t.xml"
+    synthetic.generate_slide(tif, "tumor", SIZE, MPP, [0, synthetic.KIND_CODES["tumor"], 1], again, True)
+    assert tif.read_bytes() == paths[2].read_bytes()
+    assert again.read_bytes() == xml.read_bytes()
+    assert paths[3].read_bytes() != paths[2].read_bytes()
+    assert xml.with_name("tumor_002.xml").read_bytes() != xml.read_bytes()
 
 
 def test_xml_follows_the_camelyon16_schema(dataset):
@@ -241,12 +233,30 @@ def test_background_is_bright_and_tissue_fraction_plausible(dataset):
 
 
 def test_normal_slides_have_no_annotation_or_lesion(tmp_path):
-    with pytest.raises(ValueError, match="normal slides"):
+    with pytest.raises(ConfigError, match="normal slides"):
         synthetic.generate_slide(tmp_path / "n.tif", "normal", 1024, MPP, 0, tmp_path / "n.xml")
     meta = synthetic.generate_slide(tmp_path / "n.tif", "normal", 1024, MPP, 0)
     assert meta["outlines"] == [] and meta["tumor_area_px"] == 0
-    with pytest.raises(ValueError, match="kind"):
+    with pytest.raises(ConfigError, match="kind") as error:
         synthetic.generate_slide(tmp_path / "x.tif", "metastasis", 1024, MPP, 0)
+    assert str(error.value).startswith(f"{tmp_path / 'x.tif'}: ")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"n_normal": 0, "n_tumor": 0}, "need some slides"),
+        ({"n_normal": -1, "n_tumor": 1}, "need some slides"),
+        ({"n_normal": 0, "n_tumor": 1, "size": 1000}, "tumor slide needs size >= 1024"),
+        ({"n_normal": 1, "n_tumor": 0, "size": 511}, "normal slide needs size >= 512"),
+        ({"n_normal": 1, "n_tumor": 0, "mpp": 0.0}, "mpp > 0"),
+    ],
+)
+def test_bad_arguments_are_config_errors(tmp_path, kwargs, match):
+    with pytest.raises(ConfigError, match=match) as error:
+        synthetic.generate_dataset(tmp_path, **kwargs)
+    assert error.value.path == tmp_path
+    assert not list(tmp_path.iterdir())
 
 
 def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
@@ -271,8 +281,9 @@ def test_rerun_skips_resumes_and_guards_parameters(tmp_path):
     synthetic.generate_dataset(tmp_path, n_normal=1, n_tumor=1, size=1024, seed=5)
     assert paths[0].exists() and paths[1].stat().st_mtime_ns == stamps[paths[1]]
 
-    with pytest.raises(ValueError, match="other parameters.*'seed': \\(5, 6\\)"):
+    with pytest.raises(ConfigError, match="other parameters.*'seed': \\(5, 6\\).*--overwrite") as error:
         synthetic.generate_dataset(tmp_path, n_normal=1, n_tumor=1, size=1024, seed=6)
+    assert error.value.path == tmp_path / synthetic.MANIFEST
     assert paths[1].stat().st_mtime_ns == stamps[paths[1]]
 
     synthetic.generate_dataset(tmp_path, n_normal=1, n_tumor=0, size=1024, seed=6, overwrite=True)
@@ -284,21 +295,72 @@ def test_foreign_files_are_not_overwritten(tmp_path):
     foreign = tmp_path / "training" / "normal" / "normal_001.tif"
     foreign.parent.mkdir(parents=True)
     foreign.write_bytes(b"real slide")
-    with pytest.raises(ValueError, match="no synthetic.json"):
+    with pytest.raises(ConfigError, match="no synthetic.json"):
         synthetic.generate_dataset(tmp_path, n_normal=1, n_tumor=0, size=1024)
     assert foreign.read_bytes() == b"real slide"
 
 
+def test_other_generator_version_says_so_and_how_to_regenerate(tmp_path):
+    (path,) = synthetic.generate_dataset(tmp_path, n_normal=1, n_tumor=0, size=512)
+    manifest = tmp_path / synthetic.MANIFEST
+    record = json.loads(manifest.read_text())
+    record["params"]["generator_version"] = synthetic.GENERATOR_VERSION - 1
+    manifest.write_text(json.dumps(record))
+    stamp = path.stat().st_mtime_ns
+    with pytest.raises(ConfigError) as error:
+        synthetic.generate_dataset(tmp_path, n_normal=1, n_tumor=0, size=512)
+    message = str(error.value)
+    assert message.startswith(f"{manifest}: dataset was written by synthetic generator version ")
+    version = synthetic.GENERATOR_VERSION
+    assert f"version {version - 1}, this is version {version}" in message
+    assert "--overwrite" in message and "data.generate.overwrite=true" in message
+    assert "other parameters" not in message and path.stat().st_mtime_ns == stamp
+
+    synthetic.generate_dataset(tmp_path, n_normal=1, n_tumor=0, size=512, overwrite=True)
+    assert json.loads(manifest.read_text())["params"]["generator_version"] == synthetic.GENERATOR_VERSION
+    assert path.stat().st_mtime_ns != stamp
+
+
+@pytest.mark.parametrize("text", ["{not json", "[]"])
+def test_unreadable_record_is_a_config_error(tmp_path, text):
+    (tmp_path / synthetic.MANIFEST).write_text(text)
+    with pytest.raises(ConfigError, match="synthetic-dataset record.*--overwrite"):
+        synthetic.generate_dataset(tmp_path, n_normal=1, n_tumor=0, size=512)
+
+
 def test_cli(tmp_path, capsys):
     root = tmp_path / "cli"
-    argv = ["--root", str(root), "--n-normal", "1", "--n-tumor", "1", "--size", "1024"]
+    argv = ["--root", str(root), "--n-normal", "1", "--n-tumor", "0", "--size", "512"]
     assert synthetic.main(argv) == 0
     assert capsys.readouterr().out.strip() == str(root)
-    assert (root / "training" / "lesion_annotations" / "tumor_001.xml").exists()
-    with pytest.raises(SystemExit) as exit_info:
-        synthetic.main(argv[:-1] + ["1280"])
-    assert exit_info.value.code == 2
-    assert "other parameters" in capsys.readouterr().err
+    assert (root / "training" / "normal" / "normal_001.tif").exists()
+    for bad, message in ((["640"], "other parameters"), (["500"], "size >= 512")):
+        with pytest.raises(SystemExit) as exit_info:
+            synthetic.main(argv[:-1] + bad)
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+def test_python_dash_m_entry_point(tmp_path):
+    """End to end, as the Makefile runs it: ``python -m vistumor.synthetic``."""
+    argv = ["--root", str(tmp_path), "--n-normal", "1", "--n-tumor", "0", "--size", "512"]
+    done = subprocess.run(
+        [sys.executable, "-m", "vistumor.synthetic", *argv], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(tmp_path)
+    assert "Warning" not in done.stderr
+    assert (tmp_path / "training" / "normal" / "normal_001.tif").exists()
+
+
+def test_public_api_is_re_exported():
+    from vistumor.synthetic import generate_dataset, generate_slide, main
+    from vistumor.synthetic.cli import main as cli_main
+    from vistumor.synthetic.dataset import generate_dataset as dataset_generate
+    from vistumor.synthetic.slide import generate_slide as slide_generate
+
+    assert (generate_dataset, generate_slide, main) == (dataset_generate, slide_generate, cli_main)
 
 
 @pytest.mark.slow

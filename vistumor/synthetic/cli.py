@@ -1,0 +1,46 @@
+"""Synthetic CAMELYON16-like whole-slide images: the embedded default dataset.
+
+The command line, ``python -m vistumor.synthetic --root data/synthetic --workers 2``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from vistumor.errors import VisTumorError
+from vistumor.synthetic.dataset import generate_dataset
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Generate the dataset; print its root. A refused request exits 2 with one ``error:`` line."""
+    parser = argparse.ArgumentParser(prog="python -m vistumor.synthetic", description=__doc__.splitlines()[0])
+    parser.add_argument("--root", type=Path, default=Path("data/synthetic"))
+    parser.add_argument("--n-normal", type=int, default=5)
+    parser.add_argument("--n-tumor", type=int, default=5)
+    parser.add_argument("--size", type=int, default=6144, help="level-0 side in pixels")
+    parser.add_argument("--mpp", type=float, default=0.25, help="level-0 microns per pixel")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument(
+        "--overwrite", action="store_true", help="regenerate even if slides with other parameters are present"
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        generate_dataset(
+            args.root,
+            args.n_normal,
+            args.n_tumor,
+            args.size,
+            args.mpp,
+            args.seed,
+            args.overwrite,
+            args.workers,
+        )
+    except VisTumorError as err:  # a parameter clash or bad argument: say what to do, without a traceback
+        parser.exit(2, f"error: {err}\n")
+    print(args.root)
+    return 0
