@@ -4,13 +4,14 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-export HF_HUB_OFFLINE ?= 1
 export NO_ALBUMENTATIONS_UPDATE := 1
-export WANDB_MODE ?= offline
 
-MODEL ?= small_cnn
+MODEL ?= efficientnet_lite0
 DATA ?= synthetic
 ARGS ?=
+DEMO := outputs/demo
+# offline, hub backbones (resnet50, densenet201, ...) fall back to random weights with a warning
+FALLBACK ?= random
 
 .DEFAULT_GOAL := help
 .PHONY: help install demo data tile train sweep explain test test-slow lint bench clean
@@ -27,8 +28,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## Create .venv with torch and the package (+ dev tools)
 
-demo: $(STAMP) ## The main job on the embedded synthetic dataset: generate, tile
-	$(PY) tiling.py data=$(DATA) $(ARGS)
+demo: $(STAMP) ## The main job on the embedded default: generate, tile, train, explain, compare
+	$(PY) train.py experiment=demo hydra.run.dir=$(DEMO)/train $(ARGS)
+	$(PY) explain.py tiling=demo ckpt_path=$(DEMO)/train/checkpoints/last.ckpt hydra.run.dir=$(DEMO)/explain
+	$(PY) -m vistumor.compare $(DEMO)
+	@echo "demo outputs: $(DEMO)/train (metrics, curves, cam/), $(DEMO)/explain, $(DEMO)/comparison.md"
 
 data: $(STAMP) ## Generate the synthetic CAMELYON16-like dataset into data/synthetic
 	$(PY) -m vistumor.synthetic --root data/synthetic $(ARGS)
@@ -36,17 +40,29 @@ data: $(STAMP) ## Generate the synthetic CAMELYON16-like dataset into data/synth
 tile: $(STAMP) ## Tile slides into a manifest (DATA=synthetic|camelyon16, ARGS=overrides)
 	$(PY) tiling.py data=$(DATA) $(ARGS)
 
-test: $(STAMP) ## Run the test suite (not slow, not gpu)
-	$(PY) -m pytest -q $(ARGS)
+train: $(STAMP) ## Train one model (MODEL=efficientnet_lite0|resnet50|densenet201|efficientnet_b7|small_cnn, DATA=...)
+	$(PY) train.py model=$(MODEL) data=$(DATA) model.weights_fallback=$(FALLBACK) $(ARGS)
 
-test-slow: $(STAMP) ## Run the slow tests too
-	$(PY) -m pytest -q -m "slow" $(ARGS)
+sweep: $(STAMP) ## The paper's three backbones as a Hydra multirun + comparison table
+	$(PY) train.py -m hparams_search=architectures data=$(DATA) model.weights_fallback=$(FALLBACK) $(ARGS)
+
+explain: $(STAMP) ## Explain checkpoints: make explain ARGS="ckpt_path=..."
+	$(PY) explain.py data=$(DATA) $(ARGS)
+
+test: $(STAMP) ## Run the test suite (not slow, not gpu); offline, W&B disabled
+	HF_HUB_OFFLINE=1 WANDB_MODE=disabled $(PY) -m pytest -q $(ARGS)
+
+test-slow: $(STAMP) ## Run the slow tests only
+	HF_HUB_OFFLINE=1 WANDB_MODE=disabled $(PY) -m pytest -q -m "slow" $(ARGS)
 
 lint: $(STAMP) ## Ruff
 	$(VENV)/bin/ruff check vistumor tests bench *.py
 
-bench: $(STAMP) ## Benchmarks (see bench/README.md)
+bench: $(STAMP) ## Benchmarks on this machine (see bench/README.md)
 	$(PY) bench/bench_tiling.py $(ARGS)
+	$(PY) bench/bench_loader.py
+	$(PY) bench/bench_models.py
+	$(PY) bench/bench_feature_cache.py
 
 clean: ## Remove generated data and outputs (keeps .venv)
 	rm -rf outputs data/synthetic

@@ -13,7 +13,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from matplotlib.figure import Figure
 
 from vistumor import localization
-from vistumor.cam import Explainer, check_method
+from vistumor.cam import Explainer, check_method, preserved
 from vistumor.metrics import key, save_figure
 from vistumor.patches import read_items
 from vistumor.render import Row, grid
@@ -197,11 +197,9 @@ class CamMonitor(L.Callback):
         if not len(images):
             return
         cams = self._explainer(pl_module)(images, targets=1).numpy()
-        with torch.inference_mode():
-            was_training = pl_module.training
+        with preserved(pl_module), torch.inference_mode():  # every module's mode as it was
             pl_module.eval()
             probs = pl_module(images.to(pl_module.device)).float().softmax(1)[:, 1].cpu().numpy()
-            pl_module.train(was_training)
         names = ("normal", "tumor")
         rows = [
             Row(images[i].permute(1, 2, 0).numpy(), masks[i] if known[i] else None,

@@ -85,7 +85,7 @@ def find_target_layer(model: nn.Module, name: str | None = None, image_size: int
         for n, module in model.named_modules() if n
     ]
     try:
-        with _preserved(model), torch.no_grad():
+        with preserved(model), torch.no_grad():
             model.eval()
             probe = torch.zeros(1, 3, image_size, image_size, device=_device(model))
             model(probe)
@@ -104,7 +104,7 @@ def find_target_layer(model: nn.Module, name: str | None = None, image_size: int
 
 
 @contextlib.contextmanager
-def _preserved(model: nn.Module) -> Iterator[None]:
+def preserved(model: nn.Module) -> Iterator[None]:
     """Restore train/eval modes, ``requires_grad`` flags and ``.grad`` of ``model`` on exit."""
     modes = {m: m.training for m in model.modules()}
     flags = {p: (p.requires_grad, p.grad) for p in model.parameters()}
@@ -182,7 +182,7 @@ class Explainer:
         """
         chunks = []
         device = _device(self.model)
-        with _preserved(self.model), torch.inference_mode(False), torch.enable_grad():
+        with preserved(self.model), torch.inference_mode(False), torch.enable_grad():
             self.model.eval()
             for p in self.model.parameters():  # gradients flow to the input/activations only
                 p.requires_grad_(False)
@@ -190,7 +190,7 @@ class Explainer:
                 batch = images[start : start + self.batch_size].to(device).float().clone()
                 chunk_targets = _targets(targets, start, len(batch))
                 chunks.append(self._explain(batch, chunk_targets).detach().float().cpu())
-        return torch.cat(chunks) if chunks else torch.empty(0)
+        return torch.cat(chunks) if chunks else torch.empty(0, *images.shape[-2:])
 
     def _explain(self, images: torch.Tensor, targets: list[int] | None) -> torch.Tensor:
         if self.method in SALIENCY_METHODS:

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 import torch
@@ -53,7 +54,10 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> Pat
     if not isinstance(hparams, dict) or "backbone" not in hparams or "state_dict" not in ckpt:
         raise ConfigError("not a VisTumor checkpoint (no backbone hyper-parameters / state_dict)", path)
     kwargs = {k: v for k, v in hparams.items() if k not in ("pretrained", "weights_path")}
-    model = PatchClassifier(**kwargs, pretrained=False, weights_path=None)
+    try:
+        model = PatchClassifier(**kwargs, pretrained=False, weights_path=None)
+    except TypeError as err:  # another module's hyper-parameters
+        raise ConfigError(f"not a VisTumor checkpoint ({err})", path) from err
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as err:
@@ -63,13 +67,18 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> Pat
 
 
 def randomized(model: PatchClassifier, seed: int = 0) -> PatchClassifier:
-    """The same architecture with every layer re-initialised (cascading randomisation's end)."""
-    clone = copy.deepcopy(model)
-    torch.manual_seed(seed)
-    for module in clone.modules():
-        if module is not clone and hasattr(module, "reset_parameters"):
-            module.reset_parameters()
-    return clone.eval()
+    """The same architecture with every layer re-initialised (cascading randomisation's end).
+
+    Initialised on the CPU from ``seed`` (the same weights on any device), without touching
+    the caller's random state.
+    """
+    clone = copy.deepcopy(model).cpu()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for module in clone.modules():
+            if module is not clone and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+    return clone.to(model.device).eval()
 
 
 # -- selection -----------------------------------------------------------------------------------
@@ -103,7 +112,7 @@ def select_by_outcome(
         raise ConfigError(f"select.kinds has unknown outcomes {sorted(unknown)}; known: {CATEGORIES}")
     pred = (prob >= threshold).astype(int)
     cats = categories(labels, pred)
-    confidence = np.abs(prob - 0.5)
+    confidence = np.where(pred == 1, prob, 1 - prob)  # in the call made (any threshold)
     chosen = []
     for kind in kinds:
         index = np.flatnonzero(cats == kind)
@@ -181,11 +190,19 @@ def figure(
         for m in models:
             p = probs[m][i]
             for method in maps[m]:
-                row_maps.append(maps[m][method][i])
+                row_maps.append(fit(maps[m][method][i], images.shape[-2:]))
                 captions.append(f"{names[int(p >= threshold)]} p={p:.2f}")
         rows.append(Row(images[i].permute(1, 2, 0).numpy(), masks[i] if known[i] else None,
                         f"{names[labels[i]]} ({cats[i]})", row_maps, captions))
     return grid(rows, titles, path, title=title)
+
+
+def fit(cam: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """A map resized (bilinear) to ``size`` = (height, width): models of other input sizes
+    are drawn over the same patch pixels."""
+    if tuple(cam.shape) == tuple(size):
+        return cam
+    return np.clip(cv2.resize(cam.astype(np.float32), (int(size[1]), int(size[0]))), 0, 1)
 
 
 def score_table(

@@ -3,7 +3,8 @@
 For a map ``cam`` in ``[0, 1]`` and a boolean tumor ``mask`` of the same size:
 
 * ``pointing``: 1 when the map's peak lies inside the tumor (Zhang et al. 2016, the
-  pointing game; ``tolerance`` pixels of slack), else 0;
+  pointing game; ``tolerance`` pixels of Euclidean slack), else 0; undefined (NaN) for a
+  flat map, which has no peak;
 * ``energy``: share of the map's mass on tumor pixels (energy-based pointing game,
   Wang et al. 2020, Score-CAM);
 * ``iou`` and ``dice`` of the thresholded map ``cam >= threshold`` with the mask;
@@ -23,17 +24,25 @@ from scipy.stats import rankdata
 NAMES = ("pointing", "energy", "iou", "dice", "auroc")
 
 
-def pointing(cam: np.ndarray, mask: np.ndarray, tolerance: int = 0) -> float:
-    """1.0 when the peak of ``cam`` is within ``tolerance`` px of the tumor, else 0.0."""
+def pointing(cam: np.ndarray, mask: np.ndarray, tolerance: float = 0) -> float:
+    """1.0 when the peak of ``cam`` is within ``tolerance`` px of the tumor, else 0.0.
+
+    A flat map has no peak (``argmax`` would pick its first pixel): NaN, not a lucky hit.
+    The slack is a Euclidean distance, as Zhang et al.'s "within 15 pixels".
+    """
+    if cam.max() == cam.min():
+        return float("nan")
+    mask = np.asarray(mask, bool)
     r, c = np.unravel_index(int(np.argmax(cam)), cam.shape)
-    region = mask if tolerance <= 0 else ndimage.binary_dilation(mask, iterations=tolerance)
-    return float(region[r, c])
+    if tolerance <= 0 or not mask.any():
+        return float(mask[r, c])
+    return float(ndimage.distance_transform_edt(~mask)[r, c] <= tolerance)
 
 
 def energy(cam: np.ndarray, mask: np.ndarray) -> float:
     """Share of the map's total mass inside the tumor (NaN for an all-zero map)."""
     total = float(cam.sum())
-    return float(cam[mask].sum()) / total if total > 0 else float("nan")
+    return float(cam[np.asarray(mask, bool)].sum()) / total if total > 0 else float("nan")
 
 
 def overlap(cam: np.ndarray, mask: np.ndarray, threshold: float) -> tuple[float, float]:
@@ -56,7 +65,9 @@ def pixel_auroc(cam: np.ndarray, mask: np.ndarray) -> float:
     return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def scores(cam: np.ndarray, mask: np.ndarray, threshold: float = 0.5, tolerance: int = 0) -> dict[str, float]:
+def scores(
+    cam: np.ndarray, mask: np.ndarray, threshold: float = 0.5, tolerance: float = 0
+) -> dict[str, float]:
     """All :data:`NAMES` for one map and mask."""
     mask = mask.astype(bool)
     iou, dice = overlap(cam, mask, threshold)
@@ -71,7 +82,7 @@ def scores(cam: np.ndarray, mask: np.ndarray, threshold: float = 0.5, tolerance:
 
 def batch_scores(
     cams: np.ndarray, masks: np.ndarray, usable: np.ndarray | None = None,
-    threshold: float = 0.5, tolerance: int = 0,
+    threshold: float = 0.5, tolerance: float = 0,
 ) -> list[dict[str, float] | None]:
     """Per-patch scores; None where the mask is unknown or holds no tumor."""
     out = []

@@ -9,14 +9,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from vistumor import explanations, localization, metrics
-from vistumor.cam import CAM_METHODS, Explainer
+from vistumor.cam import CAM_METHODS, Explainer, find_target_layer
 from vistumor.errors import ConfigError
 from vistumor.explanations import CATEGORIES
 from vistumor.files import atomic_path, write_json
-from vistumor.patches import ImagePatchDataset, image_samples, read_items
+from vistumor.patches import ImagePatchDataset, PatchDataset, image_samples, read_items
 from vistumor.tasks.config import plain
 from vistumor.tasks.training import build_datamodule
 
@@ -30,7 +30,10 @@ def _explain_dataset(cfg: DictConfig, image_size: int, split: str):
     dm = build_datamodule(cfg, image_size)
     dm.image_size = image_size
     dm.augment = {}
-    return dm.build(split)
+    dataset = dm.build(split)
+    if isinstance(dataset, PatchDataset):
+        dataset.with_masks = True  # the datamodule leaves them out of the train split
+    return dataset
 
 
 def explain(cfg: DictConfig) -> dict[str, Any]:
@@ -39,13 +42,17 @@ def explain(cfg: DictConfig) -> dict[str, Any]:
     Returns:
         The summary (also ``summary.json`` in the run folder).
     """
-    ckpts = [cfg.ckpt_path] if isinstance(cfg.ckpt_path, str) else list(cfg.ckpt_path or [])
+    given = None if OmegaConf.is_missing(cfg, "ckpt_path") else cfg.ckpt_path
+    ckpts = [given] if isinstance(given, str) else list(given or [])
     if not ckpts:
         raise ConfigError("give ckpt_path=<checkpoint> (or a list to compare models)")
     methods = explanations.check_methods(list(cfg.methods))
     device = "cuda" if cfg.device == "auto" and torch.cuda.is_available() else (
         "cpu" if cfg.device == "auto" else cfg.device)
     models = [explanations.load_classifier(p, device) for p in ckpts]
+    if cfg.target_layer is not None and any(m in CAM_METHODS for m in methods):
+        for model in models:  # before any patch is read
+            find_target_layer(model.net, cfg.target_layer)
     names = _unique([m.hparams.backbone for m in models])
     sel, out_dir = cfg.select, Path(cfg.paths.output_dir)
     datasets = {m.input_size: _explain_dataset(cfg, m.input_size, sel.split) for m in models}
@@ -69,7 +76,8 @@ def explain(cfg: DictConfig) -> dict[str, Any]:
     if sel.get("coordinates") or sel.get("slides"):
         shown = list(range(len(candidates)))[: sel.per_kind * len(CATEGORIES)]
     else:
-        shown = explanations.select_by_outcome(labels, probs[names[0]], threshold, list(sel.kinds), sel.per_kind)
+        shown = explanations.select_by_outcome(labels, probs[names[0]], threshold, list(sel.kinds),
+                                               sel.per_kind)
     if not shown:
         raise ConfigError(f"empty selection: no {list(sel.kinds)} patches among {len(candidates)} candidates")
     score_method = next((m for m in methods if m in CAM_METHODS), methods[0])
@@ -124,7 +132,7 @@ def _model_summary(model, table: pd.DataFrame, score_method: str) -> dict[str, A
     summary = {"checkpoint": model.checkpoint_path, "image_size": model.input_size,
                **{k: round(v, 6) for k, v in metrics.rates(tp, fp, tn, fn).items()},
                "outcomes": {k: int(v) for k, v in counts.items()}, "score_method": score_method}
-    scored = table.dropna(subset=["cam_pointing"])
+    scored = table.dropna(subset=[f"cam_{name}" for name in localization.NAMES], how="all")
     summary["scored_patches"] = int(len(scored))
     for name in localization.NAMES:
         values = scored[f"cam_{name}"].dropna()
@@ -132,9 +140,11 @@ def _model_summary(model, table: pd.DataFrame, score_method: str) -> dict[str, A
     return summary
 
 
-def _sanity(cfg, model, images, methods, maps, out_dir: Path, name: str) -> dict[str, float]:
-    """Model-randomisation check: rank correlation of trained vs randomised maps."""
+def _sanity(cfg, model, images, methods, maps, out_dir: Path, name: str) -> dict[str, float | None]:
+    """Model-randomisation check: rank correlation of trained vs randomised maps (None where
+    every map is flat and the correlation undefined: ``summary.json`` stays strict JSON)."""
     random_model = explanations.randomized(model, cfg.seed)
     random_maps = explanations.explain_maps(random_model, images, methods, cfg.target_layer,
                                             cfg.fast, cfg.batch_size)
-    return {m: round(explanations.rank_similarity(maps[m], random_maps[m]), 4) for m in methods}
+    similarity = {m: explanations.rank_similarity(maps[m], random_maps[m]) for m in methods}
+    return {m: round(v, 4) if np.isfinite(v) else None for m, v in similarity.items()}
