@@ -220,3 +220,121 @@ def tiling_cfg(tmp_path) -> Callable[..., DictConfig]:
         return compose_tiling(root_dir or tmp_path, data_root, *overrides)
 
     return make
+
+
+# -- training fixtures --------------------------------------------------------------------------
+
+# One intra-op thread: on a small shared CPU, OpenMP threads that wait for each other make the
+# tiny models several times slower (set before any test module imports torch; subprocesses inherit).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+#: The shrunk training run: timm's tiny test ResNet on the CPU, 8-patch batches read in the
+#: main process, CSV log only, no per-epoch CAM grid (tests/test_cam*.py cover CamMonitor).
+TRAIN_OVERRIDES = (
+    "data=camelyon16",
+    "data.generate=null",
+    "data.tile_if_missing=false",
+    f"tiling.patch_size={PATCH}",
+    f"tiling.tissue.downsample={MASK_DOWNSAMPLE}",
+    "tiling.workers=1",
+    "tiling.progress=false",
+    "model=small_cnn",
+    "trainer=cpu",
+    "trainer.max_epochs=2",
+    "+trainer.enable_progress_bar=false",
+    "logger=csv",
+    "~callbacks.cam",
+    f"data.datamodule.image_size={PATCH}",
+    "data.datamodule.batch_size=8",
+    "data.datamodule.num_workers=0",
+    "data.datamodule.persistent_workers=false",
+)
+
+
+def train_overrides(
+    root_dir: str | Path, data_root: str | Path, tiles_dir: str | Path | None = None
+) -> list[str]:
+    """:data:`TRAIN_OVERRIDES` for a run under ``root_dir`` on ``data_root`` (CLI tests use these too)."""
+    paths = [f"paths.root_dir={root_dir}", f"data.root={data_root}"]
+    if tiles_dir is not None:
+        paths.append(f"tiling.out_dir={tiles_dir}")
+    return [*TRAIN_OVERRIDES, *paths]
+
+
+def compose_train(
+    root_dir: str | Path, data_root: str | Path, *overrides: str, tiles_dir: str | Path | None = None
+) -> DictConfig:
+    """The real ``conf/train.yaml`` shrunk by :data:`TRAIN_OVERRIDES`; run folder ``<root_dir>/run``."""
+    from omegaconf import open_dict
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(
+            "train", overrides=[*train_overrides(root_dir, data_root, tiles_dir), *overrides],
+            return_hydra_config=True,
+        )
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(Path(root_dir) / "run")
+    return cfg
+
+
+@dataclass(frozen=True)
+class Tiled:
+    """The tiny dataset tiled once with :data:`TRAIN_OVERRIDES`' tiling parameters.
+
+    Every split holds 5 tumor and 5 normal patches (one tumor and one normal slide each).
+    """
+
+    data: TinyDataset
+    tiles_dir: Path
+
+    @property
+    def manifest(self) -> Path:
+        return self.tiles_dir / "manifest.csv"
+
+
+@pytest.fixture(scope="session")
+def tiled(dataset, tmp_path_factory) -> Tiled:
+    """The session's tiny dataset and its manifest (read-only: copy before changing anything)."""
+    from vistumor.tasks.tiling import tile
+
+    root = tmp_path_factory.mktemp("tiled")
+    tile(compose_train(root, dataset.root, tiles_dir=root / "tiles"))
+    return Tiled(dataset, root / "tiles")
+
+
+@pytest.fixture
+def train_cfg(tmp_path, tiled) -> Callable[..., DictConfig]:
+    """``train_cfg(*overrides, root_dir=tmp_path)``: a shrunk training config on :func:`tiled`."""
+
+    def make(*overrides: str, root_dir: str | Path | None = None) -> DictConfig:
+        return compose_train(root_dir or tmp_path, tiled.data.root, *overrides, tiles_dir=tiled.tiles_dir)
+
+    return make
+
+
+def copy_tiled(tiled: Tiled, folder: str | Path, keep=None) -> Tiled:
+    """Copies of the slides and a manifest that points at them, free to break.
+
+    Args:
+        keep: optional ``table -> boolean Series`` of the manifest rows to keep.
+    """
+    import shutil
+
+    from vistumor.manifest import load_manifest, write_manifest
+
+    folder = Path(folder)
+    old, new = str(tiled.data.root), str(folder / "data")
+    shutil.copytree(old, new)
+    manifest = load_manifest(tiled.manifest)
+    table = manifest.table.assign(slide_path=manifest.table["slide_path"].str.replace(old, new, regex=False))
+    if keep is not None:
+        table = table[keep(table)].reset_index(drop=True)
+    meta = dict(manifest.meta)
+    meta["slides"] = {
+        slide_id: {**info, "path": info["path"].replace(old, new),
+                   "annotation": (info.get("annotation") or "").replace(old, new)}
+        for slide_id, info in meta["slides"].items()
+    }
+    write_manifest(folder / "tiles" / "manifest.csv", table, meta)
+    return Tiled(TinyDataset(Path(new), tiled.data.normal, tiled.data.tumor), folder / "tiles")

@@ -176,6 +176,13 @@ def apply_freeze(model: nn.Module, freeze: str | int) -> set[str]:
 
 
 def frozen_modules(model: nn.Module) -> list[nn.Module]:
-    """Modules holding no trainable parameter (recursively): kept in eval mode while training,
-    so a frozen trunk's BatchNorm statistics never move and its dropout stays off."""
-    return [m for m in model.modules() if not any(p.requires_grad for p in m.parameters())]
+    """Modules with parameters, none of them trainable: kept in eval mode while training, so a
+    frozen trunk's BatchNorm statistics never move and its dropout stays off.
+
+    Modules without parameters (activations, dropout, drop-path) follow their parent, as
+    ``eval()`` recurses: inside a trainable stage they keep training.
+    """
+    return [
+        m for m in model.modules()
+        if any(True for _ in m.parameters()) and not any(p.requires_grad for p in m.parameters())
+    ]

@@ -77,6 +77,7 @@ class PatchClassifier(L.LightningModule):
         # keys "train"/"val" would shadow nn.Module.train: suffix them
         self.metrics = nn.ModuleDict({f"{s}_metrics": StageMetrics(s, threshold) for s in STAGES})
         self.test_outputs: dict[str, list] = {}
+        self.train()  # frozen modules in eval from the start: Lightning's fit never calls train()
 
     # -- model ------------------------------------------------------------------------------
 
@@ -127,6 +128,7 @@ class PatchClassifier(L.LightningModule):
         return self(batch["image"])
 
     def on_fit_start(self) -> None:
+        self.train()  # in case the model was put in eval mode before fit
         if self.hparams.channels_last and self.device.type == "cuda":
             self.net.to(memory_format=torch.channels_last)
 
@@ -155,11 +157,19 @@ class PatchClassifier(L.LightningModule):
 
     def _log_metrics(self, stage: str) -> None:
         values = self.metrics[f"{stage}_metrics"].compute()
-        self.log_dict(values, prog_bar=stage == "val", sync_dist=False)
+        self.log_dict(values, prog_bar=stage == "val", sync_dist=False, on_step=False, on_epoch=True,
+                      batch_size=1)
         self.metrics[f"{stage}_metrics"].reset()
 
+    def on_train_batch_end(self, outputs, batch: dict, batch_idx: int) -> None:
+        # Lightning runs callbacks' on_train_epoch_end before the module's: logged after the last
+        # batch, the epoch's train metrics reach callbacks (learning curves) in the same epoch
+        if self.trainer.is_last_batch:
+            self._log_metrics("train")
+
     def on_train_epoch_end(self) -> None:
-        self._log_metrics("train")
+        if self.metrics["train_metrics"].confusion.update_count:  # no last-batch flag was seen
+            self._log_metrics("train")
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val")

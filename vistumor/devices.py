@@ -67,6 +67,10 @@ class DirectMLAccelerator(Accelerator):
         return _require_directml().device_count()
 
     @staticmethod
+    def name() -> str:
+        return "directml"
+
+    @staticmethod
     def is_available() -> bool:
         try:
             _require_directml()

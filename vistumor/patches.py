@@ -29,7 +29,7 @@ from torch.utils.data import Dataset
 from vistumor.annotations import TumorAnnotation, read_annotations
 from vistumor.augment import reseed
 from vistumor.errors import ConfigError
-from vistumor.slide import Slide
+from vistumor.slide import Slide, rgba_to_rgb
 
 log = logging.getLogger(__name__)
 
@@ -231,14 +231,18 @@ def read_items(dataset: _Patches, indices) -> tuple[torch.Tensor, np.ndarray, np
         known.append(mask is not None)
     if not images:
         size = dataset.image_size
-        return torch.empty(0, 3, size, size, dtype=torch.uint8), np.zeros((0, size, size), bool), np.zeros(0, bool)
+        empty = torch.empty(0, 3, size, size, dtype=torch.uint8)
+        return empty, np.zeros((0, size, size), bool), np.zeros(0, bool)
     return torch.stack(images), np.array(masks), np.array(known)
 
 
 def _load_image(path: str, mode: str, size: int, interpolation: int) -> np.ndarray:
     try:
         with Image.open(path) as image:
-            array = np.asarray(image.convert(mode))
+            if mode == "RGB" and ("A" in image.getbands() or "transparency" in image.info):
+                array = rgba_to_rgb(np.asarray(image.convert("RGBA")))  # on white, as slides
+            else:
+                array = np.asarray(image.convert(mode))
     except (OSError, ValueError) as err:
         raise ConfigError(f"cannot read image ({err})", path) from err
     if array.shape[0] != size or array.shape[1] != size:
@@ -290,7 +294,8 @@ def _csv_samples(path: Path) -> pd.DataFrame:
     table["path"] = table["path"].map(resolve)
     if "mask_path" in table:
         table["mask_path"] = table["mask_path"].map(resolve)
-    bad = set(table["label"].unique()) - {0, 1}
+    bad = {v.item() if hasattr(v, "item") else v for v in table["label"].unique()} - {0, 1}
     if bad:
-        raise ConfigError(f"patch CSV labels must be 0 (normal) or 1 (tumor), found {sorted(bad)}", path)
+        found = sorted(bad, key=str)
+        raise ConfigError(f"patch CSV labels must be 0 (normal) or 1 (tumor), found {found}", path)
     return table

@@ -12,6 +12,7 @@ from typing import Any
 import lightning as L
 import pandas as pd
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -19,6 +20,7 @@ from vistumor import devices, metrics, tracking
 from vistumor.callbacks import Throughput
 from vistumor.classifier import PatchClassifier
 from vistumor.datamodule import PatchDataModule
+from vistumor.errors import VisTumorError
 from vistumor.files import atomic_path, write_json
 from vistumor.tasks.config import plain
 from vistumor.tasks.tiling import tile, tiling_params
@@ -59,20 +61,32 @@ def build_datamodule(cfg: DictConfig, input_size: int) -> PatchDataModule:
             tiling_hash=params.hash, tiling=params.as_dict(),
             annotation_groups=plain(cfg.data.annotation_groups), mpp=cfg.data.get("mpp"),
         )
-    dm = instantiate(node, **extra, _convert_="all")
+    dm = build(node, **extra, _convert_="all")
     dm.use_model_input(input_size)
     return dm
 
 
+def build(node: Any, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate``, letting a user error of the target through as itself
+    (Hydra wraps it in an ``InstantiationException``, which the entry scripts would show as
+    a traceback instead of one line)."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__
+        if isinstance(cause, VisTumorError):
+            raise cause from cause.__cause__
+        raise
+
+
 def build_model(cfg: DictConfig) -> PatchClassifier:
-    return instantiate(cfg.model, _convert_="all")
+    return build(cfg.model, _convert_="all")
 
 
 def build_trainer(cfg: DictConfig, callbacks: list, loggers: list) -> L.Trainer:
     node = OmegaConf.merge(cfg.trainer, {"precision": devices.precision(cfg.trainer)})
     accelerator = devices.accelerator(node.get("accelerator"))
-    return instantiate(node, accelerator=accelerator, callbacks=callbacks, logger=loggers or False,
-                       _convert_="all")
+    return build(node, accelerator=accelerator, callbacks=callbacks, logger=loggers or False, _convert_="all")
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -88,7 +102,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     model = build_model(cfg)
     dm = build_datamodule(cfg, model.input_size)
     model.hparams.image_size = dm.image_size  # checkpoints remember the trained input size
-    callbacks = [instantiate(c, _convert_="all") for c in (cfg.get("callbacks") or {}).values()
+    for stage, wanted in (("fit", cfg.get("train", True)), ("test", cfg.get("test", True))):
+        if wanted:  # bad data fails here, before a logger writes anything into the run folder
+            dm.setup(stage)
+    callbacks = [build(c, _convert_="all") for c in (cfg.get("callbacks") or {}).values()
                  if c is not None and "_target_" in c]
     throughput = next((c for c in callbacks if isinstance(c, Throughput)), None)
     loggers = tracking.build_loggers(cfg.get("logger"))

