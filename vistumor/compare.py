@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 #: metrics.json key -> column, in table order. Localization columns appear when present.
 COLUMNS = {
     "model": "model",
+    "weights": "weights",
     "test/acc": "accuracy",
     "test/fpr": "FPR",
     "test/fnr": "FNR",
@@ -100,7 +101,8 @@ class CompareCallback(Callback):
             from vistumor.tracking import log_table
 
             rows = table.astype(object).where(table.notna(), None).values.tolist()
-            log_table(project, group, "comparison", list(table.columns), rows, mode)
+            log_table(project, group, "comparison", list(table.columns), rows, mode,
+                      folder=str(config.hydra.sweep.dir))
 
 
 def main(argv: list[str] | None = None) -> int:

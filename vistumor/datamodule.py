@@ -23,7 +23,7 @@ from vistumor.patches import ImagePatchDataset, PatchDataset, image_samples
 
 log = logging.getLogger(__name__)
 
-_STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+_STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",)}
 
 
 class PatchDataModule(L.LightningDataModule):
@@ -43,6 +43,9 @@ class PatchDataModule(L.LightningDataModule):
         tiling_hash, tiling: what the manifest must have been made with.
         verify_slides: check every slide exists and matches its recorded checksum.
         annotation_groups, mpp: as in tiling, for reading masks and slides.
+        classes: folder name -> label for patch folders.
+        test_split: the split the test stage evaluates (the paper's protocol has no separate
+            test split: its 10 % hold-out is ``val``).
     """
 
     def __init__(
@@ -63,6 +66,7 @@ class PatchDataModule(L.LightningDataModule):
         annotation_groups: Mapping[str, str] | None = None,
         mpp: float | None = None,
         classes: Mapping[str, int] | None = None,
+        test_split: str = "test",
     ):
         super().__init__()
         if (manifest_path is None) == (patch_sources is None):
@@ -83,6 +87,7 @@ class PatchDataModule(L.LightningDataModule):
         self.annotation_groups = annotation_groups
         self.mpp = mpp
         self.classes = classes
+        self.test_split = test_split
         self.manifest: Manifest | None = None
         self.datasets: dict[str, Dataset] = {}
 
@@ -107,7 +112,8 @@ class PatchDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.image_size is None:
             raise ConfigError("data.datamodule.image_size is unset and no model gave one")
-        for split in _STAGE_SPLITS.get(stage or "fit", ("train", "val", "test")):
+        splits = {**_STAGE_SPLITS, "test": (self.test_split,), "predict": (self.test_split,)}
+        for split in splits.get(stage or "fit", ("train", "val", self.test_split)):
             if split not in self.datasets:
                 self.datasets[split] = self.build(split)
         if stage in (None, "fit"):
@@ -183,5 +189,5 @@ class PatchDataModule(L.LightningDataModule):
         return self._loader(self.dataset("val"), shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.dataset("test"), shuffle=False)
+        return self._loader(self.dataset(self.test_split), shuffle=False)
 

@@ -77,14 +77,15 @@ def finish(loggers: list[Logger]) -> None:
 
 
 def log_table(project: str, group: str | None, name: str, columns: list[str],
-              rows: list[list[Any]], mode: str | None = None, config: Mapping | None = None) -> None:
-    """Log one table as its own W&B run (the sweep's comparison table)."""
+              rows: list[list[Any]], mode: str | None = None, config: Mapping | None = None,
+              folder: str | None = None) -> None:
+    """Log one table as its own W&B run (the sweep's comparison table), files under ``folder``."""
     mode = wandb_mode(mode)
     if mode == "disabled":
         return
     import wandb
 
     run = wandb.init(project=project, group=group, name=name, job_type="comparison",
-                     mode=mode, config=dict(config or {}), reinit="finish_previous")
+                     mode=mode, config=dict(config or {}), reinit="finish_previous", dir=folder)
     run.log({name: wandb.Table(columns=columns, data=rows)})
     run.finish()

@@ -115,7 +115,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         logger.log_hyperparams({**plain(_without_hydra(cfg)), "params_trainable": trainable,
                                 "params_total": total})
     log.info("%s: %s trainable of %s parameters", cfg.model.backbone, f"{trainable:,}", f"{total:,}")
-    result: dict[str, Any] = {"model": cfg.model.backbone, "params_trainable": trainable,
+    result: dict[str, Any] = {"model": cfg.model.backbone, "weights": model.weights_source,
+                              "params_trainable": trainable,
                               "params_total": total, "run_dir": str(cfg.paths.output_dir)}
     try:
         if cfg.get("train", True):
