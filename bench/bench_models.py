@@ -2,7 +2,8 @@
 
 * forward-only images/s (inference mode) - the reference;
 * frozen-trunk training images/s (forward, head backward, Adam step) / forward images/s;
-* batched on-device Grad-CAM++ images/s / forward images/s;
+* batched on-device Grad-CAM++ images/s / forward images/s (maps copied to the CPU, and
+  maps left on the device for GPU pipelines);
 * pytorch-grad-cam's Grad-CAM++ images/s / forward images/s (the library baseline).
 
 On CUDA it runs bf16 autocast and channels_last (and fp32 for comparison); on CPU fp32.
@@ -75,15 +76,21 @@ def bench_backbone(name: str, batch: int, size: int, device: str, dtype: str, se
         with autocast:
             fast(images)
 
+    def cam_fast_on_device():
+        with autocast:
+            fast(images, on_device=True)
+
     result = {"backbone": name, "device": device, "dtype": dtype, "batch": batch, "size": size}
     result["forward_img_s"] = rate(forward, batch, 2, seconds, sync)
     result["train_img_s"] = rate(train_step, batch, 2, seconds, sync)
     result["gradcampp_fast_img_s"] = rate(cam_fast, batch, 1, seconds, sync)
+    result["gradcampp_fast_on_device_img_s"] = rate(cam_fast_on_device, batch, 1, seconds, sync)
     if library:
         result["gradcampp_library_img_s"] = rate(lambda: slow(images), batch, 1, seconds, sync)
     fwd = result["forward_img_s"]
     result["train_over_forward"] = result["train_img_s"] / fwd
     result["cam_fast_over_forward"] = result["gradcampp_fast_img_s"] / fwd
+    result["cam_fast_on_device_over_forward"] = result["gradcampp_fast_on_device_img_s"] / fwd
     if library:
         result["cam_library_over_forward"] = result["gradcampp_library_img_s"] / fwd
         result["cam_fast_over_library"] = result["gradcampp_fast_img_s"] / result["gradcampp_library_img_s"]

@@ -125,10 +125,10 @@ class PatchClassifier(L.LightningModule):
         """Logits of a batch of images or of precomputed features."""
         if "features" in batch:
             return self.head(batch["features"])
-        if self.head_only:
-            with torch.no_grad():
+        if self.head_only:  # no graph through the frozen trunk; inference mode is cheapest
+            with torch.inference_mode():
                 features = self.features(batch["image"])
-            return self.head(features)
+            return self.head(features.clone())  # a normal tensor again, usable by autograd
         return self(batch["image"])
 
     def on_fit_start(self) -> None:
