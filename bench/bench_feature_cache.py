@@ -52,7 +52,7 @@ def main() -> None:
               "logger=csv", "~callbacks.cam", "test=true"]
     run(root, "warmup", [*common, "trainer.max_epochs=1", "train=false", "test=false"])  # data + tiles
     plain = run(root, "images", common)
-    cached = run(root, "cached", [*common, "callbacks=feature_cache", "~callbacks.cam",
+    cached = run(root, "cached", [*common, "callbacks=feature_cache",
                                   f"callbacks.feature_cache.variants={args.variants}"])
     result = {
         "model": args.model, "epochs": args.epochs, "variants": args.variants,

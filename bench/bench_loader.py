@@ -93,7 +93,8 @@ def loader_rate(table: pd.DataFrame, workers: int, augment: bool, batch: int, im
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--manifest", default=None, help="an existing manifest (default: tiles of a small synthetic dataset)")
+    parser.add_argument("--manifest", default=None,
+                        help="an existing manifest (default: tiles of a small synthetic dataset)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--patches", type=int, default=1200, help="patches per measurement")
     parser.add_argument("--size", type=int, default=6144, help="synthetic slide size when building")

@@ -168,7 +168,8 @@ def main() -> None:
         start = time.perf_counter()
         write_big_slide(slide, args.size)
         write_annotation(xml, args.size)
-        print(f"wrote {slide} ({slide.stat().st_size / 2**30:.2f} GiB) in {time.perf_counter() - start:.0f} s")
+        size_gib = slide.stat().st_size / 2**30
+        print(f"wrote {slide} ({size_gib:.2f} GiB) in {time.perf_counter() - start:.0f} s")
     results = {}
     for kind in ("floor", "tiling"):
         cmd = [sys.executable, __file__, "--size", str(args.size), "--workdir", str(work), "--measure", kind]

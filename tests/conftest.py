@@ -38,6 +38,10 @@ CONF = PROJECT / "conf"
 FIXTURES = PROJECT.parent / "shared" / "fixtures"
 REAL_SVS = FIXTURES / "cmu_small_region.svs"
 REAL_XML = FIXTURES / "camelyon16_tumor_001.xml"
+#: the real fixtures live beside the checkout (../shared/fixtures), never inside it
+needs_real_fixtures = pytest.mark.skipif(
+    not (REAL_SVS.is_file() and REAL_XML.is_file()), reason=f"real fixtures not found in {FIXTURES}"
+)
 
 # -- the tiny dataset's geometry (level-0 px) -----------------------------------------------
 

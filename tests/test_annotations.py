@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import REAL_XML, rectangle, write_asap_xml
+from conftest import REAL_XML, needs_real_fixtures, rectangle, write_asap_xml
 from shapely.geometry import Polygon, box
 
 from vistumor.annotations import EXCLUDE, TUMOR, Region, TumorAnnotation, read_annotations
@@ -124,6 +124,7 @@ def test_raster_of_a_window_with_offset():
     np.testing.assert_array_equal(window, expected)
 
 
+@needs_real_fixtures
 def test_real_tumor_001_raster_area_within_one_percent():
     ann = read_annotations(REAL_XML)
     assert len(ann.regions) == 2 and {r.group for r in ann.regions} == {"_0"}

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import openslide
 import pytest
-from conftest import REAL_SVS
+from conftest import REAL_SVS, needs_real_fixtures
 
 from vistumor import slide as slide_module
 from vistumor.catalog import SlideRecord
@@ -188,6 +188,7 @@ def test_missing_and_unreadable_files(tmp_path):
 # -- the real SVS ----------------------------------------------------------------------------
 
 
+@needs_real_fixtures
 def test_real_svs_opens():
     with Slide(REAL_SVS) as s:
         assert s.properties[openslide.PROPERTY_NAME_VENDOR] == "aperio"
@@ -201,6 +202,7 @@ def test_real_svs_opens():
     assert 40 < thumb.std() < 80  # real tissue on glass, not a blank image
 
 
+@needs_real_fixtures
 def test_real_svs_tiles_sensibly():
     record = SlideRecord("cmu_small_region", Path(REAL_SVS), "normal", None)
     params = TilingParams(patch_size=256, tissue=TissueParams(downsample=16))
@@ -214,6 +216,7 @@ def test_real_svs_tiles_sensibly():
     assert picture.ndim == 3 and picture.shape[2] == 3
 
 
+@needs_real_fixtures
 def test_real_svs_grid_at_target_mpp():
     with Slide(REAL_SVS) as s:
         spec = grid_spec(s, TilingParams(patch_size=256, target_mpp=1.0))

@@ -140,6 +140,7 @@ class CamMonitor(L.Callback):
         self.fast = fast
         self.batch_size = batch_size
         self._cache: dict[str, tuple] = {}
+        self._explainer_of: tuple[object, Explainer] | None = None  # (model, its explainer)
         self.paths: list[Path] = []
 
     # -- selection and loading ----------------------------------------------------------------
@@ -176,8 +177,12 @@ class CamMonitor(L.Callback):
         dataset = trainer.datamodule.image_dataset(trainer.datamodule.test_split)
         self._score(trainer, pl_module, dataset, "test", self.test_score_patches)
 
-    def _explainer(self, pl_module):
-        return Explainer(pl_module, self.method, self.target_layer, self.fast, self.batch_size)
+    def _explainer(self, pl_module) -> Explainer:
+        """One explainer per model, reused every epoch (its target layer is found once)."""
+        if self._explainer_of is None or self._explainer_of[0] is not pl_module:
+            explainer = Explainer(pl_module, self.method, self.target_layer, self.fast, self.batch_size)
+            self._explainer_of = (pl_module, explainer)
+        return self._explainer_of[1]
 
     def _score(self, trainer, pl_module, dataset, stage: str, n: int) -> None:
         indices = self.select(dataset, n, 0)

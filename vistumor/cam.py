@@ -281,5 +281,7 @@ def _net(model: nn.Module) -> nn.Module:
 
 
 def _probe_size(model: nn.Module) -> int:
-    config = getattr(model, "data_config", None)
-    return int(config["input_size"][-1]) if config else 224
+    """The input size the model works at (as trained), so the chosen layer is the last one
+    that is still spatial at that size."""
+    size = getattr(model, "input_size", None)
+    return int(size) if size else 224

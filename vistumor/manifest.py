@@ -76,7 +76,8 @@ def write_manifest(path: str | Path, table: pd.DataFrame, meta: Mapping[str, Any
     if missing:
         raise ManifestError(f"manifest table lacks columns {missing}", path)
     counts = (
-        table.groupby(["split", "label"]).size().unstack(fill_value=0).rename(columns={0: "normal", 1: "tumor"})
+        table.groupby(["split", "label"]).size().unstack(fill_value=0)
+        .rename(columns={0: "normal", 1: "tumor"})
     )
     full_meta = {
         "format": FORMAT,

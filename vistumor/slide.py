@@ -155,7 +155,9 @@ class Slide:
         width, height = self.level_dimensions[level]
         out_w, out_h = width // factor, height // factor
         if out_w < 1 or out_h < 1:
-            raise SlideError(f"slide is smaller than one thumbnail pixel at downsample {downsample}", self.path)
+            raise SlideError(
+                f"slide is smaller than one thumbnail pixel at downsample {downsample}", self.path
+            )
         out = np.empty((out_h, out_w, 3), np.uint8)
         step = max(factor, (_CHUNK // factor) * factor)  # chunk edge, a multiple of factor
         for ly in range(0, out_h * factor, step):
