@@ -228,9 +228,10 @@ def test_missing_manifest(tmp_path):
 
 
 def test_manifest_of_other_tiling_parameters(tiled):
-    made = datamodule(tiled.manifest).load().meta["tiling"]
-    dm = datamodule(tiled.manifest, tiling_hash="other", tiling={**made, "min_tissue_fraction": 0.5})
-    with pytest.raises(ManifestError, match="min_tissue_fraction: manifest 0.6 vs config 0.5") as err:
+    made = datamodule(tiled.manifest).load().spec
+    other = {**made, "tiling": {**made["tiling"], "min_tissue_fraction": 0.5}}
+    dm = datamodule(tiled.manifest, spec=other)
+    with pytest.raises(ManifestError, match="tiling.min_tissue_fraction: manifest 0.6 vs config 0.5") as err:
         dm.setup("fit")
     assert str(tiled.manifest) in str(err.value)
 

@@ -72,7 +72,7 @@ def trained(dataset, tmp_path_factory) -> SimpleNamespace:
     root = tmp_path_factory.mktemp("explain")
     run = root / "run"
     result = train(compose_cfg("train", root, dataset.root, run, *TRAIN))
-    manifest = pd.read_csv(next((root / "outputs" / "tiles").glob("*/manifest.csv")))
+    manifest = pd.read_csv(next((root / "outputs" / "tiles").glob("*/*/manifest.csv")))
     return SimpleNamespace(root=root, data=dataset.root, run=run, result=result, manifest=manifest,
                            last=run / "checkpoints" / "last.ckpt")
 
@@ -487,3 +487,17 @@ def test_randomized_copy_leaves_the_model(trained):
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in weights.items())
     assert not torch.equal(clone.net.layer4[0].conv1.weight, model.net.layer4[0].conv1.weight)
     assert not clone.training
+
+
+def test_explain_uses_the_manifest_the_checkpoint_was_trained_on(trained, tmp_path):
+    """Another tiling in the explain config must neither re-tile nor change the patches."""
+    import torch
+
+    recorded = torch.load(trained.last, weights_only=True)["hyper_parameters"]["manifest_path"]
+    assert Path(recorded).is_file()
+    summary = run_explain(trained, tmp_path / "out", "tiling.name=other", "tiling.stride=32")
+    assert not (trained.root / "outputs" / "tiles" / "camelyon16" / "other").exists()
+    scores = pd.read_csv(summary["scores"])
+    expected = trained.manifest[trained.manifest["split"] == "test"]
+    assert len(scores) == len(expected)
+    assert set(zip(scores["x0"], scores["y0"], strict=True)) <= set(zip(expected["x0"], expected["y0"], strict=True))

@@ -13,8 +13,10 @@ from conftest import tissue_image, write_tiff
 from vistumor import manifest as manifest_module
 from vistumor.errors import ManifestError
 from vistumor.files import fingerprint
-from vistumor.manifest import COLUMNS, FORMAT, load_manifest, meta_path, write_manifest
+from vistumor.manifest import COLUMNS, FORMAT, is_current, load_manifest, meta_path, write_manifest
+from vistumor.sampling import SamplingParams, SplitParams
 from vistumor.slide_jobs import TilingParams
+from vistumor.tiling import manifest_spec
 from vistumor.tissue import TissueParams
 
 
@@ -32,11 +34,13 @@ def table(n: int = 6) -> pd.DataFrame:
     return pd.DataFrame(rows)[COLUMNS]
 
 
+def spec(params: TilingParams | None = None, seed: int = 42, mode: str = "slide") -> dict:
+    return manifest_spec(params or TilingParams(), SamplingParams(), SplitParams(mode=mode), seed)
+
+
 def meta(params: TilingParams | None = None, slides: dict | None = None) -> dict:
     params = params or TilingParams()
-    return {
-        "tiling": params.as_dict(), "tiling_hash": params.hash, "seed": 42, "slides": slides or {},
-    }
+    return {**spec(params), "tiling_hash": params.hash, "slides": slides or {}}
 
 
 def test_round_trip(tmp_path):
@@ -96,11 +100,14 @@ def test_interrupted_write_leaves_nothing(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_check_tiling_accepts_the_same_parameters(tmp_path):
+def test_check_spec_accepts_the_same_parameters(tmp_path):
     params = TilingParams(patch_size=64, tissue=TissueParams(downsample=8))
-    loaded = load_manifest(write_manifest(tmp_path / "manifest.csv", table(), meta(params)))
-    loaded.check_tiling(params.hash, params.as_dict())
-    loaded.check_tiling(TilingParams(patch_size=64, tissue=TissueParams(downsample=8)).hash)
+    path = write_manifest(tmp_path / "manifest.csv", table(), meta(params))
+    loaded = load_manifest(path)
+    loaded.check_spec(spec(params))
+    loaded.check_spec(spec(TilingParams(patch_size=64, tissue=TissueParams(downsample=8.0))))
+    assert is_current(path, spec(params)) and not is_current(path, spec(params, seed=7))
+    assert not is_current(tmp_path / "elsewhere.csv", spec(params))
 
 
 @pytest.mark.parametrize(
@@ -108,22 +115,26 @@ def test_check_tiling_accepts_the_same_parameters(tmp_path):
     [
         (TilingParams(patch_size=256), "patch_size", "manifest 512 vs config 256"),
         (TilingParams(min_tumor_fraction=0.1), "min_tumor_fraction", "manifest 0.05 vs config 0.1"),
-        (TilingParams(tissue=TissueParams(downsample=16)), "tissue", "'downsample': 32.0"),
+        (TilingParams(tissue=TissueParams(downsample=16)), "tiling.tissue.downsample",
+         "manifest 32.0 vs config 16.0"),
     ],
 )
-def test_check_tiling_names_the_differing_key(tmp_path, other, key, detail):
+def test_check_spec_names_the_differing_key(tmp_path, other, key, detail):
     loaded = load_manifest(write_manifest(tmp_path / "manifest.csv", table(), meta(TilingParams())))
-    with pytest.raises(ManifestError, match="other tiling parameters") as err:
-        loaded.check_tiling(other.hash, other.as_dict())
+    with pytest.raises(ManifestError, match="other parameters than the config asks") as err:
+        loaded.check_spec(spec(other))
     message = str(err.value)
-    assert f"{key}: " in message and detail in message
+    assert f"{key if key.startswith('tiling.') else 'tiling.' + key}: " in message and detail in message
     assert message.count(": manifest") == 1  # only the key that differs
 
 
-def test_check_tiling_without_details(tmp_path):
+def test_check_spec_sees_sampling_split_and_seed(tmp_path):
+    """A manifest balanced or split differently is another manifest, even with the same tiles."""
     loaded = load_manifest(write_manifest(tmp_path / "manifest.csv", table(), meta()))
-    with pytest.raises(ManifestError, match="hash differs"):
-        loaded.check_tiling("0" * 16)
+    with pytest.raises(ManifestError, match="split.mode: manifest 'slide' vs config 'patch'"):
+        loaded.check_spec(spec(mode="patch"))
+    with pytest.raises(ManifestError, match="seed: manifest 42 vs config 7"):
+        loaded.check_spec(spec(seed=7))
 
 
 @pytest.mark.parametrize("mode", ["fast", "full"])

@@ -43,7 +43,7 @@ from vistumor.cli import run_task
 from vistumor.errors import ConfigError, ManifestError
 from vistumor.sampling import SamplingParams, SplitParams
 from vistumor.tasks.config import build
-from vistumor.tasks.tiling import tile, tiling_params
+from vistumor.tasks.tiling import slide_results_dir, tile, tiling_params
 from vistumor.tiles import AMBIGUOUS, NORMAL, TUMOR
 
 SPLITS = ("train", "val", "test")
@@ -51,7 +51,13 @@ BALANCED = {s: {"normal": N_TUMOR, "tumor": N_TUMOR} for s in SPLITS}
 
 
 def out_dir(cfg) -> Path:
+    """Where the manifest and status table go."""
     return Path(cfg.tiling.out_dir)
+
+
+def store_dir(cfg) -> Path:
+    """Where the per-slide results go."""
+    return slide_results_dir(cfg, tiling_params(cfg))
 
 
 def status_table(cfg) -> pd.DataFrame:
@@ -72,7 +78,7 @@ def manifest_bytes(cfg) -> bytes:
 
 
 @pytest.mark.parametrize("data", ["synthetic", "camelyon16"])
-@pytest.mark.parametrize("tiling", ["default", "paper"])
+@pytest.mark.parametrize("tiling", ["default", "paper", "demo"])
 def test_every_tiling_config_composes_and_builds(tmp_path, data, tiling):
     overrides = [f"data={data}", f"tiling={tiling}", f"paths.root_dir={tmp_path}"]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
@@ -82,9 +88,9 @@ def test_every_tiling_config_composes_and_builds(tmp_path, data, tiling):
     assert (params.min_tissue_fraction, params.min_tumor_fraction) == (0.6, 0.05)
     assert params.annotation_groups["_2"] == "exclude"
     split = build(SplitParams, OmegaConf.to_container(cfg.tiling.split), "tiling.split")
-    assert split.mode == {"default": "slide", "paper": "patch"}[tiling]
+    assert split.mode == {"default": "slide", "paper": "patch", "demo": "slide"}[tiling]
     assert build(SamplingParams, OmegaConf.to_container(cfg.tiling.sampling), "tiling.sampling")
-    assert Path(cfg.tiling.out_dir) == tmp_path / "outputs" / "tiles" / data
+    assert Path(cfg.tiling.out_dir) == tmp_path / "outputs" / "tiles" / data / tiling
 
 
 def test_slurm_launcher_config_composes(tmp_path):
@@ -106,8 +112,8 @@ def test_end_to_end_hand_computed(dataset, tiling_cfg):
     for name in ("manifest.csv", "manifest.json", "status.csv"):
         assert (out / name).is_file(), name
     for slide_id in dataset.slide_ids:
-        assert (out / "qc" / f"{slide_id}.png").stat().st_size > 0
-        assert json.loads((out / "slides" / f"{slide_id}.json").read_text())["status"] == "done"
+        assert (store_dir(cfg) / "qc" / f"{slide_id}.png").stat().st_size > 0
+        assert json.loads((store_dir(cfg) / "slides" / f"{slide_id}.json").read_text())["status"] == "done"
 
     status = status_table(cfg)
     assert (status["status"] == "done").all()
@@ -117,7 +123,7 @@ def test_end_to_end_hand_computed(dataset, tiling_cfg):
     assert status["n_normal"].tolist() == [N_TISSUE] * 3 + [N_NORMAL_ON_TUMOR_SLIDE] * 3
 
     # the tissue tiles are exactly the 8 x 4 tiles of the tissue rectangle
-    tiles = pd.read_csv(out / "slides" / "tumor_002.csv")
+    tiles = pd.read_csv(store_dir(cfg) / "slides" / "tumor_002.csv")
     x0, y0, x1, y1 = TISSUE_BOX
     assert set(zip(tiles["x0"], tiles["y0"], strict=True)) == {
         (x, y) for x in range(x0, x1, 64) for y in range(y0, y1, 64)
@@ -184,7 +190,7 @@ def test_overlapping_tiles_hand_computed(dataset, tiling_cfg):
     status = status_table(cfg).loc["tumor_001"]
     assert (status["n_tissue"], status["n_tumor"], status["n_ambiguous"]) == (105, 17, 5)
     assert status["n_normal"] == 83
-    tiles = pd.read_csv(out_dir(cfg) / "slides" / "tumor_001.csv").set_index(["x0", "y0"])
+    tiles = pd.read_csv(store_dir(cfg) / "slides" / "tumor_001.csv").set_index(["x0", "y0"])
     assert tiles.loc[(224, 224), "tumor_fraction"] == 0.25
     assert tiles.loc[(160, 128), "tumor_fraction"] == (4096 - 16 * 32) / 4096  # the exclusion
     assert tiles.loc[(416, 128), "tumor_fraction"] == pytest.approx(0.025)
@@ -209,8 +215,8 @@ def test_workers_2_same_manifest_as_workers_1(dataset, tiling_cfg, tmp_path):
     assert tile(two)["done"] == 6
     assert manifest_bytes(one) == manifest_bytes(two)
     for slide_id in dataset.slide_ids:
-        a = (out_dir(one) / "slides" / f"{slide_id}.csv").read_bytes()
-        assert a == (out_dir(two) / "slides" / f"{slide_id}.csv").read_bytes()
+        a = (store_dir(one) / "slides" / f"{slide_id}.csv").read_bytes()
+        assert a == (store_dir(two) / "slides" / f"{slide_id}.csv").read_bytes()
 
 
 def test_rerun_skips_every_slide(dataset, tiling_cfg):
@@ -221,7 +227,7 @@ def test_rerun_skips_every_slide(dataset, tiling_cfg):
     assert (result["done"], result["skipped"], result["failed"]) == (0, 6, 0)
     assert (status_table(cfg)["status"] == "skipped").all()
     assert manifest_bytes(cfg) == before
-    saved = json.loads((out_dir(cfg) / "slides" / "tumor_001.json").read_text())
+    saved = json.loads((store_dir(cfg) / "slides" / "tumor_001.json").read_text())
     assert saved["status"] == "done"  # the file keeps the state; "skipped" is what this run did
 
 
@@ -239,7 +245,7 @@ def test_interrupted_run_resumes_where_it_stopped(dataset, tiling_cfg, tmp_path,
     monkeypatch.setattr(slide_jobs, "tile_slide", interrupted)
     with pytest.raises(KeyboardInterrupt):
         tile(cfg)
-    slides = out_dir(cfg) / "slides"
+    slides = store_dir(cfg) / "slides"
     finished = sorted(p.stem for p in slides.glob("*.json"))
     assert finished == ["normal_001", "normal_002", "normal_003", "tumor_001"]
     assert not (slides / "tumor_002.csv").exists() and not (out_dir(cfg) / "manifest.csv").exists()
@@ -256,7 +262,7 @@ def test_lost_status_and_changed_slide_are_redone(dataset, tiling_cfg, tmp_path)
     data = shutil.copytree(dataset.root, tmp_path / "data")
     cfg = tiling_cfg(data)
     tile(cfg)
-    (out_dir(cfg) / "slides" / "normal_002.json").unlink()
+    (store_dir(cfg) / "slides" / "normal_002.json").unlink()
     write_tiff(data / "training" / "tumor" / "tumor_003.tif", tissue_image(shade=9))  # re-scanned
     result = tile(cfg)
     assert (result["done"], result["skipped"]) == (2, 4)
@@ -296,7 +302,7 @@ def test_shards_then_merge_equal_one_run(dataset, tiling_cfg, tmp_path):
     assert first["slides"] == 3 and "manifest" not in first
     out = Path(first["out_dir"])
     assert (out / "status.shard0of2.csv").is_file()
-    finished = sorted(p.stem for p in (out / "slides").glob("*.json"))
+    finished = sorted(p.stem for p in (Path(first["slides_dir"]) / "slides").glob("*.json"))
     assert finished == ["normal_001", "normal_003", "tumor_002"]  # every second slide
 
     merge = tiling_cfg(dataset.root, "tiling.stage=merge", "tiling.num_shards=2", root_dir=shards)
@@ -325,7 +331,7 @@ def test_config_errors(dataset, tiling_cfg, overrides, message):
     cfg = tiling_cfg(dataset.root, *overrides)
     with pytest.raises(ConfigError, match=message):
         tile(cfg)
-    assert not (out_dir(cfg) / "slides").exists()
+    assert not Path(cfg.tiling.slides_dir).exists()  # nothing tiled, nothing written
 
 
 # -- bad input -------------------------------------------------------------------------------
@@ -386,8 +392,8 @@ def test_bad_slides_fail_alone_and_are_recorded(dataset, tiling_cfg, tmp_path):
         assert status.loc[slide_id, "status"] == "failed"
         assert problem in reason and str(named[slide_id]) in reason, reason
         assert "\n" not in reason
-        assert not (out / "slides" / f"{slide_id}.csv").exists()  # no partial output
-        assert not (out / "qc" / f"{slide_id}.png").exists()
+        assert not (store_dir(cfg) / "slides" / f"{slide_id}.csv").exists()  # no partial output
+        assert not (store_dir(cfg) / "qc" / f"{slide_id}.png").exists()
     assert (status.loc[list(dataset.slide_ids), "status"] == "done").all()
 
     meta = meta_without_time(cfg)
@@ -405,8 +411,8 @@ def test_slide_broken_after_tiling_leaves_no_stale_output(dataset, tiling_cfg, t
     result = tile(cfg)
     assert (result["skipped"], result["failed"]) == (5, 1)
     assert str(slide) in status_table(cfg).loc["normal_002", "reason"]
-    assert not (out_dir(cfg) / "slides" / "normal_002.csv").exists()
-    assert not (out_dir(cfg) / "qc" / "normal_002.png").exists()
+    assert not (store_dir(cfg) / "slides" / "normal_002.csv").exists()
+    assert not (store_dir(cfg) / "qc" / "normal_002.png").exists()
     assert "normal_002" in meta_without_time(cfg)["failed"]
 
 
@@ -507,3 +513,17 @@ def test_cli_user_error_is_one_line_and_exit_2(tmp_path):
     output = done.stdout + done.stderr
     assert f"{empty}: no slides found" in output
     assert "Traceback" not in output
+
+
+def test_tiling_configs_keep_their_own_manifests_and_share_equal_slide_results(dataset, tiling_cfg):
+    """The demo's overlapping tiling must not overwrite the default's results, and a config
+    with the same per-slide parameters (paper) reuses them."""
+    default = tiling_cfg(dataset.root)
+    assert tile(default)["done"] == 6
+    overlap = tiling_cfg(dataset.root, "tiling.name=overlap", "tiling.stride=32")
+    assert tile(overlap)["done"] == 6  # other per-slide parameters: results of its own
+    assert tile(default)["skipped"] == 6  # ... which left the default's intact
+    assert tile(tiling_cfg(dataset.root, "tiling=paper"))["skipped"] == 6  # same tiles: shared
+    manifests = {out_dir(c) / "manifest.csv" for c in (default, overlap)}
+    assert len(manifests) == 2 and all(p.is_file() for p in manifests)
+    assert store_dir(default) != store_dir(overlap)

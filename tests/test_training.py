@@ -239,7 +239,7 @@ def assert_nothing_written(cfg: DictConfig) -> None:
         (["model.backbone=resnet5"], ConfigError, "unknown backbone 'resnet5'; did you mean .*resnet50"),
         (["model.pretrained=true"], ConfigError, "weights are not available.*model.weights_path"),
         (["tiling.min_tissue_fraction=0.5"], ManifestError,
-         "manifest.csv: made with other tiling parameters.*min_tissue_fraction: manifest 0.6 vs config 0.5"),
+         "manifest.csv: made with other parameters.*tiling.min_tissue_fraction: manifest 0.6 vs config 0.5"),
         (["data.datamodule.batch_size=11"], ConfigError, "batch_size=11 is larger than the 10 training"),
         (["trainer=directml"], ConfigError, "trainer.accelerator=directml needs torch-directml"),
     ],

@@ -41,6 +41,8 @@ class PatchClassifier(L.LightningModule):
         label_smoothing: cross-entropy label smoothing.
         channels_last: use channels-last memory format on CUDA.
         weights_fallback: ``error`` or ``random`` when hub weights are unavailable offline.
+        manifest_path: the manifest the model was trained on (recorded in checkpoints, so
+            explanations use the same patches; set by the training task).
         image_size: input edge the model is trained on (recorded in checkpoints; set by
             the training task from the datamodule); None = the backbone's default.
     """
@@ -60,6 +62,7 @@ class PatchClassifier(L.LightningModule):
         channels_last: bool = True,
         image_size: int | None = None,
         weights_fallback: str = "error",
+        manifest_path: str | None = None,
     ):
         super().__init__()
         # plain values only: checkpoints then load with torch.load(weights_only=True)

@@ -40,7 +40,7 @@ class PatchDataModule(L.LightningDataModule):
         balanced_sampling: draw training batches with equal class probability.
         num_workers, pin_memory, persistent_workers: DataLoader settings.
         with_masks: tumor masks in the val/test items (the explanation stage scores them).
-        tiling_hash, tiling: what the manifest must have been made with.
+        spec: what the manifest must have been made with (tiling, sampling, split, seed).
         verify_slides: check every slide exists and matches its recorded checksum.
         annotation_groups, mpp: as in tiling, for reading masks and slides.
         classes: folder name -> label for patch folders.
@@ -60,8 +60,7 @@ class PatchDataModule(L.LightningDataModule):
         pin_memory: bool = True,
         persistent_workers: bool = True,
         with_masks: bool = True,
-        tiling_hash: str | None = None,
-        tiling: Mapping[str, Any] | None = None,
+        spec: Mapping[str, Any] | None = None,
         verify_slides: bool = True,
         annotation_groups: Mapping[str, str] | None = None,
         mpp: float | None = None,
@@ -81,8 +80,7 @@ class PatchDataModule(L.LightningDataModule):
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
         self.with_masks = with_masks
-        self.tiling_hash = tiling_hash
-        self.tiling = dict(tiling or {})
+        self.spec = spec
         self.verify = verify_slides
         self.annotation_groups = annotation_groups
         self.mpp = mpp
@@ -102,8 +100,8 @@ class PatchDataModule(L.LightningDataModule):
         """Load and check the manifest once."""
         if self.manifest is None:
             manifest = load_manifest(self.manifest_path)
-            if self.tiling_hash is not None:
-                manifest.check_tiling(self.tiling_hash, self.tiling)
+            if self.spec is not None:
+                manifest.check_spec(self.spec)
             if self.verify:
                 manifest.verify_slides()
             self.manifest = manifest

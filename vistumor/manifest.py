@@ -1,15 +1,16 @@
 """The tile manifest: one row per patch, plus the facts that produced it.
 
-``manifest.csv`` holds the rows; ``manifest.json`` beside it records the tiling parameters
-(and their hash), the sampling and split, the seed, each slide's path and checksum, the
-counts, and the SHA-256 of the CSV. A later stage loads both and refuses a manifest whose
-parameters differ from what it asks for, whose slides are missing or changed, or whose
-two files disagree (an interrupted write).
+``manifest.csv`` holds the rows; ``manifest.json`` beside it records what made them — the
+*spec*: tiling parameters, sampling, split and seed, with its hash — plus each slide's path
+and checksum, the counts, and the SHA-256 of the CSV. A later stage loads both and refuses
+a manifest whose spec differs from what its config asks for, whose slides are missing or
+changed, or whose two files disagree (an interrupted write).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ from vistumor.errors import ManifestError
 from vistumor.files import atomic_path, fingerprint, sha256_file, write_json
 
 FORMAT = "vistumor-manifest/1"
+#: what decides a manifest's rows: two manifests with equal specs hold the same patches
+SPEC_KEYS = ("tiling", "sampling", "split", "seed")
 COLUMNS = [
     "slide_id", "slide_path", "kind", "x0", "y0", "level", "read_size", "size0",
     "tissue_fraction", "tumor_fraction", "label", "split",
@@ -40,17 +43,18 @@ class Manifest:
     def split(self, name: str) -> pd.DataFrame:
         return self.table[self.table["split"] == name].reset_index(drop=True)
 
-    def check_tiling(self, expected_hash: str, expected: Mapping[str, Any] | None = None) -> None:
-        """Refuse a manifest made with other tiling parameters than ``expected``."""
-        if self.meta.get("tiling_hash") == expected_hash:
+    @property
+    def spec(self) -> dict[str, Any]:
+        return {k: self.meta.get(k) for k in SPEC_KEYS}
+
+    def check_spec(self, expected: Mapping[str, Any]) -> None:
+        """Refuse a manifest made with another spec than ``expected``, naming what differs."""
+        if self.meta.get("spec_hash") == spec_hash(expected):
             return
-        made = self.meta.get("tiling", {})
-        diff = {
-            k: (made.get(k), v) for k, v in (expected or {}).items() if made.get(k) != v
-        }
+        diff = _differences(self.spec, expected)
         detail = ", ".join(f"{k}: manifest {a!r} vs config {b!r}" for k, (a, b) in diff.items())
         raise ManifestError(
-            f"made with other tiling parameters than the config asks ({detail or 'hash differs'}); "
+            f"made with other parameters than the config asks ({detail or 'hash differs'}); "
             "rerun tiling.py with this config",
             self.path,
         )
@@ -69,9 +73,44 @@ class Manifest:
                 )
 
 
+def spec_hash(spec: Mapping[str, Any]) -> str:
+    """Short hash of a spec (its JSON with sorted keys)."""
+    blob = json.dumps({k: spec.get(k) for k in SPEC_KEYS}, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def is_current(path: str | Path, spec: Mapping[str, Any]) -> bool:
+    """Whether a manifest exists at ``path`` and was made with ``spec`` (metadata only)."""
+    info = meta_path(path)
+    if not (Path(path).is_file() and info.is_file()):
+        return False
+    try:
+        return json.loads(info.read_text()).get("spec_hash") == spec_hash(spec)
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return False
+
+
+def _differences(made: Mapping, wanted: Mapping, prefix: str = "") -> dict[str, tuple]:
+    """Dotted keys whose values differ between two nested mappings."""
+    out: dict[str, tuple] = {}
+    for key in sorted(set(made) | set(wanted), key=str):
+        a, b = made.get(key), wanted.get(key)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            out.update(_differences(a, b, f"{prefix}{key}."))
+        elif a != b:
+            out[f"{prefix}{key}"] = (a, b)
+    return out
+
+
 def write_manifest(path: str | Path, table: pd.DataFrame, meta: Mapping[str, Any]) -> Path:
-    """Write ``manifest.csv`` and its ``.json`` atomically; returns the CSV path."""
+    """Write ``manifest.csv`` and its ``.json`` atomically; returns the CSV path.
+
+    ``meta`` must hold the spec keys (:data:`SPEC_KEYS`); their hash is added.
+    """
     path = Path(path)
+    missing_spec = [k for k in SPEC_KEYS if k not in meta]
+    if missing_spec:
+        raise ManifestError(f"manifest metadata lacks {missing_spec}", path)
     missing = [c for c in COLUMNS if c not in table.columns]
     if missing:
         raise ManifestError(f"manifest table lacks columns {missing}", path)
@@ -85,6 +124,7 @@ def write_manifest(path: str | Path, table: pd.DataFrame, meta: Mapping[str, Any
         "vistumor_version": __version__,
         "csv": path.name,
         **meta,
+        "spec_hash": spec_hash(meta),
         "counts": {s: {str(k): int(v) for k, v in row.items()} for s, row in counts.iterrows()},
     }
     with atomic_path(path) as tmp:

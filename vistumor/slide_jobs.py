@@ -1,10 +1,11 @@
 """Tiling slide by slide: the unit of work, resumable, parallel and shardable.
 
-Each slide becomes, under ``<out_dir>/slides/``: ``<id>.csv`` (its tissue tiles with
-fractions and labels), ``<id>.json`` (its status, written last, so its presence means
-the slide is finished) and ``qc/<id>.png``. A rerun with the same parameters and an
+Each slide becomes, in a results folder (``tiling.slides_dir/<hash of the parameters>``,
+shared by every config that tiles alike): ``slides/<id>.csv`` (its tissue tiles with
+fractions and labels), ``slides/<id>.json`` (its status, written last, so its presence
+means the slide is finished) and ``qc/<id>.png``. A rerun with the same parameters and an
 unchanged slide skips it; a failed slide records why and is retried next time. The cheap
-global step (:func:`vistumor.tasks.merge`) turns these per-slide results into the manifest.
+global step (:func:`vistumor.tiling.merge`) turns these per-slide results into a manifest.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
@@ -49,14 +50,16 @@ def merge(
     out_dir: str | Path,
     statuses: Sequence[dict] | None = None,
     strict: bool = False,
+    store_dir: str | Path | None = None,
 ) -> Path:
     """Build ``manifest.csv`` from the per-slide results of all ``records``.
 
     Args:
         statuses: this run's statuses where known (else read from disk).
         strict: refuse to write a manifest when any slide failed.
+        store_dir: where the per-slide results are (default: ``out_dir``).
     """
-    store = SlideStore(out_dir)
+    store = SlideStore(store_dir or out_dir)
     known = {s["slide_id"]: s for s in statuses or []}
     statuses = [known.get(r.slide_id) or store.read_status(r) for r in records]
     write_status_table(out_dir, statuses)
@@ -86,14 +89,25 @@ def merge(
         for s in ok
     }
     meta = {
-        "tiling": params.as_dict(), "tiling_hash": params.hash,
-        "sampling": vars(sampling), "split": {"mode": split.mode, "fractions": dict(split.fractions)},
-        "seed": seed, "slides": slides, "failed": {s["slide_id"]: s["reason"] for s in failed},
+        **manifest_spec(params, sampling, split, seed), "tiling_hash": params.hash,
+        "slides": slides, "failed": {s["slide_id"]: s["reason"] for s in failed},
     }
     path = write_manifest(Path(out_dir) / "manifest.csv", table, meta)
     for s in failed:
         log.warning("not in the manifest: %s", s["reason"])
     return path
+
+
+def manifest_spec(
+    params: TilingParams, sampling: SamplingParams, split: SplitParams, seed: int
+) -> dict:
+    """Everything that decides a manifest's rows (see :data:`vistumor.manifest.SPEC_KEYS`)."""
+    return {
+        "tiling": params.as_dict(),
+        "sampling": asdict(sampling),
+        "split": {"mode": split.mode, "fractions": {k: float(v) for k, v in split.fractions.items()}},
+        "seed": int(seed),
+    }
 
 
 def _split_of(table: pd.DataFrame, slide_id: str) -> str | None:

@@ -16,24 +16,40 @@ from vistumor.cam import CAM_METHODS, Explainer, find_target_layer
 from vistumor.errors import ConfigError
 from vistumor.explanations import CATEGORIES
 from vistumor.files import atomic_path, write_json
+from vistumor.manifest import Manifest, load_manifest
 from vistumor.patches import ImagePatchDataset, PatchDataset, image_samples, read_items
 from vistumor.tasks.config import plain
-from vistumor.tasks.training import build_datamodule
 
 log = logging.getLogger(__name__)
 
 
-def _explain_dataset(cfg: DictConfig, image_size: int, split: str):
+def _manifest(cfg: DictConfig, model) -> Manifest:
+    """The manifest to explain on: ``select.manifest``, else the one the (first) model was
+    trained on, else the data config's. Loaded and checked once; never tiled here."""
+    path = (cfg.select.get("manifest") or model.hparams.get("manifest_path")
+            or cfg.data.datamodule.get("manifest_path"))
+    if not path:
+        raise ConfigError("no manifest to explain on: set select.manifest or select.patch_source")
+    manifest = load_manifest(path)
+    manifest.verify_slides()
+    return manifest
+
+
+def _datasets(cfg: DictConfig, models: list, split: str) -> dict[int, Any]:
+    """One unaugmented dataset per input size, with masks, over the same patches."""
+    sizes = sorted({m.input_size for m in models})
     source = cfg.select.get("patch_source")
     if source:
-        return ImagePatchDataset(image_samples(source), image_size)
-    dm = build_datamodule(cfg, image_size)
-    dm.image_size = image_size
-    dm.augment = {}
-    dataset = dm.build(split)
-    if isinstance(dataset, PatchDataset):
-        dataset.with_masks = True  # the datamodule leaves them out of the train split
-    return dataset
+        samples = image_samples(source)
+        return {size: ImagePatchDataset(samples, size) for size in sizes}
+    manifest = _manifest(cfg, models[0])
+    table = manifest.split(split)
+    if table.empty:
+        raise ConfigError(f"empty selection: split '{split}' has no patches", manifest.path)
+    annotations = {k: v.get("annotation", "") for k, v in manifest.meta["slides"].items()}
+    groups = plain(cfg.data.annotation_groups)
+    return {size: PatchDataset(table, size, None, annotations, groups, cfg.data.get("mpp"))
+            for size in sizes}
 
 
 def explain(cfg: DictConfig) -> dict[str, Any]:
@@ -55,7 +71,7 @@ def explain(cfg: DictConfig) -> dict[str, Any]:
             find_target_layer(model.net, cfg.target_layer)
     names = _unique([m.hparams.backbone for m in models])
     sel, out_dir = cfg.select, Path(cfg.paths.output_dir)
-    datasets = {m.input_size: _explain_dataset(cfg, m.input_size, sel.split) for m in models}
+    datasets = _datasets(cfg, models, sel.split)
     reference = datasets[models[0].input_size]
     candidates = np.arange(len(reference.labels))
     if sel.get("coordinates"):

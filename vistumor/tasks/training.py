@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Mapping
@@ -16,14 +15,14 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from vistumor import devices, metrics, tracking
+from vistumor import devices, manifest, metrics, tracking
 from vistumor.callbacks import Throughput
 from vistumor.classifier import PatchClassifier
 from vistumor.datamodule import PatchDataModule
 from vistumor.errors import VisTumorError
 from vistumor.files import atomic_path, write_json
+from vistumor.tasks import tiling as tiling_task
 from vistumor.tasks.config import plain
-from vistumor.tasks.tiling import tile, tiling_params
 
 log = logging.getLogger(__name__)
 
@@ -32,22 +31,14 @@ log = logging.getLogger(__name__)
 
 
 def ensure_manifest(cfg: DictConfig) -> Path:
-    """The manifest the config asks for; tiled first when missing and ``data.tile_if_missing``."""
+    """The manifest the config asks for; tiled first when missing or made with another spec
+    and ``data.tile_if_missing`` (per-slide results are reused: usually only the cheap
+    merge reruns)."""
     path = Path(cfg.data.datamodule.manifest_path)
-    if cfg.data.get("tile_if_missing") and not _manifest_current(path, tiling_params(cfg).hash):
+    if cfg.data.get("tile_if_missing") and not manifest.is_current(path, tiling_task.spec(cfg)):
         log.info("no current manifest at %s: tiling first", path)
-        tile(cfg)
+        tiling_task.tile(cfg)
     return path
-
-
-def _manifest_current(path: Path, tiling_hash: str) -> bool:
-    meta = path.with_suffix(".json")
-    if not (path.is_file() and meta.is_file()):
-        return False
-    try:
-        return json.loads(meta.read_text()).get("tiling_hash") == tiling_hash
-    except json.JSONDecodeError:
-        return False
 
 
 def build_datamodule(cfg: DictConfig, input_size: int) -> PatchDataModule:
@@ -56,17 +47,14 @@ def build_datamodule(cfg: DictConfig, input_size: int) -> PatchDataModule:
     extra: dict[str, Any] = {"augment": plain(cfg.get("augment")) or {}}
     if node.get("manifest_path"):
         ensure_manifest(cfg)
-        params = tiling_params(cfg)
-        extra.update(
-            tiling_hash=params.hash, tiling=params.as_dict(),
-            annotation_groups=plain(cfg.data.annotation_groups), mpp=cfg.data.get("mpp"),
-        )
-    dm = build(node, **extra, _convert_="all")
+        extra.update(spec=tiling_task.spec(cfg), annotation_groups=plain(cfg.data.annotation_groups),
+                     mpp=cfg.data.get("mpp"))
+    dm = instantiate_node(node, **extra, _convert_="all")
     dm.use_model_input(input_size)
     return dm
 
 
-def build(node: Any, **kwargs: Any) -> Any:
+def instantiate_node(node: Any, **kwargs: Any) -> Any:
     """``hydra.utils.instantiate``, letting a user error of the target through as itself
     (Hydra wraps it in an ``InstantiationException``, which the entry scripts would show as
     a traceback instead of one line)."""
@@ -80,13 +68,14 @@ def build(node: Any, **kwargs: Any) -> Any:
 
 
 def build_model(cfg: DictConfig) -> PatchClassifier:
-    return build(cfg.model, _convert_="all")
+    return instantiate_node(cfg.model, _convert_="all")
 
 
 def build_trainer(cfg: DictConfig, callbacks: list, loggers: list) -> L.Trainer:
     node = OmegaConf.merge(cfg.trainer, {"precision": devices.precision(cfg.trainer)})
     accelerator = devices.accelerator(node.get("accelerator"))
-    return build(node, accelerator=accelerator, callbacks=callbacks, logger=loggers or False, _convert_="all")
+    return instantiate_node(node, accelerator=accelerator, callbacks=callbacks, logger=loggers or False,
+                            _convert_="all")
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -101,11 +90,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         L.seed_everything(cfg.seed, workers=True)
     model = build_model(cfg)
     dm = build_datamodule(cfg, model.input_size)
-    model.hparams.image_size = dm.image_size  # checkpoints remember the trained input size
+    # checkpoints remember the trained input size and manifest
+    model.hparams.image_size = dm.image_size
+    model.hparams.manifest_path = str(dm.manifest_path) if dm.manifest_path else None
     for stage, wanted in (("fit", cfg.get("train", True)), ("test", cfg.get("test", True))):
         if wanted:  # bad data fails here, before a logger writes anything into the run folder
             dm.setup(stage)
-    callbacks = [build(c, _convert_="all") for c in (cfg.get("callbacks") or {}).values()
+    callbacks = [instantiate_node(c, _convert_="all") for c in (cfg.get("callbacks") or {}).values()
                  if c is not None and "_target_" in c]
     throughput = next((c for c in callbacks if isinstance(c, Throughput)), None)
     loggers = tracking.build_loggers(cfg.get("logger"))
