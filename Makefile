@@ -35,7 +35,7 @@ demo: $(STAMP) ## The main job on the embedded default: generate, tile, train, e
 	@echo "demo outputs: $(DEMO)/train (metrics, curves, cam/), $(DEMO)/explain, $(DEMO)/comparison.md"
 
 data: $(STAMP) ## Generate the synthetic CAMELYON16-like dataset into data/synthetic (as conf/data/synthetic.yaml)
-	$(PY) -m vistumor.synthetic --root data/synthetic --n-normal 6 --n-tumor 6 --size 6144 --mpp 0.25 --seed 0 --workers 2 $(ARGS)
+	$(PY) -m vistumor.synthetic --root data/synthetic --workers 2 $(ARGS)
 
 tile: $(STAMP) ## Tile slides into a manifest (DATA=synthetic|camelyon16, ARGS=overrides)
 	$(PY) tiling.py data=$(DATA) $(ARGS)

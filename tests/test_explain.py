@@ -500,4 +500,5 @@ def test_explain_uses_the_manifest_the_checkpoint_was_trained_on(trained, tmp_pa
     scores = pd.read_csv(summary["scores"])
     expected = trained.manifest[trained.manifest["split"] == "test"]
     assert len(scores) == len(expected)
-    assert set(zip(scores["x0"], scores["y0"], strict=True)) <= set(zip(expected["x0"], expected["y0"], strict=True))
+    places = set(zip(expected["slide_id"], expected["x0"], expected["y0"], strict=True))
+    assert set(zip(scores["slide_id"], scores["x0"], scores["y0"], strict=True)) <= places

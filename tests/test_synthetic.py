@@ -371,3 +371,15 @@ def test_full_size_slide_has_large_and_micro_lesions(tmp_path):
     spans = sorted(np.ptp(v, axis=0).max() for g, v in read_outlines(xml) if g != "_2")
     assert spans[0] < 512 and spans[-1] >= 1024
     assert 0.3 <= meta["tissue_fraction"] <= 0.6
+
+
+def test_generator_defaults_match_the_data_config():
+    """`python -m vistumor.synthetic` and `data=synthetic` must describe the same dataset."""
+    import inspect
+
+    from omegaconf import OmegaConf
+
+    generate = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf/data/synthetic.yaml").generate
+    defaults = inspect.signature(synthetic.generate_dataset).parameters
+    for key in ("n_normal", "n_tumor", "size", "mpp", "seed"):
+        assert defaults[key].default == generate[key], key

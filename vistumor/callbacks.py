@@ -8,12 +8,12 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
-import torch
 from lightning.pytorch.utilities import rank_zero_only
 from matplotlib.figure import Figure
 
 from vistumor import localization
-from vistumor.cam import Explainer, check_method, preserved
+from vistumor.cam import Explainer, check_method
+from vistumor.explanations import predict
 from vistumor.metrics import key, save_figure
 from vistumor.patches import read_items
 from vistumor.render import Row, grid
@@ -78,7 +78,8 @@ class Throughput(L.Callback):
     """Training images per second, data loading included (``train/images_per_s``).
 
     Time runs from the start of each training epoch to its last batch, so validation
-    and checkpointing are not counted, while waiting for the loader is.
+    and checkpointing are not counted, while waiting for the loader is. Batches of cached
+    features (:mod:`vistumor.features`) are not images and are not counted.
     """
 
     def __init__(self):
@@ -91,17 +92,19 @@ class Throughput(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         now = time.perf_counter()
-        if self._last is not None:
+        if self._last is not None and "image" in batch:
             self.seconds += now - self._last
             self.images += len(batch["label"])
         self._last = now
 
     @property
-    def images_per_s(self) -> float:
-        return self.images / self.seconds if self.seconds else 0.0
+    def images_per_s(self) -> float | None:
+        """None when no image batch was trained (e.g. all epochs on cached features)."""
+        return self.images / self.seconds if self.seconds else None
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        pl_module.log(key("train", "images_per_s"), self.images_per_s, sync_dist=False)
+        if self.images_per_s is not None:
+            pl_module.log(key("train", "images_per_s"), self.images_per_s, sync_dist=False)
 
 
 class CamMonitor(L.Callback):
@@ -202,13 +205,12 @@ class CamMonitor(L.Callback):
         if not len(images):
             return
         cams = self._explainer(pl_module)(images, targets=1).numpy()
-        with preserved(pl_module), torch.inference_mode():  # every module's mode as it was
-            pl_module.eval()
-            probs = pl_module(images.to(pl_module.device)).float().softmax(1)[:, 1].cpu().numpy()
+        probs = predict(pl_module, images, self.batch_size)
+        threshold = float(pl_module.hparams.get("threshold", 0.5))
         names = ("normal", "tumor")
         rows = [
             Row(images[i].permute(1, 2, 0).numpy(), masks[i] if known[i] else None,
-                f"{names[labels[i]]} -> {names[int(probs[i] >= 0.5)]} p={probs[i]:.2f}", [cams[i]])
+                f"{names[labels[i]]} -> {names[int(probs[i] >= threshold)]} p={probs[i]:.2f}", [cams[i]])
             for i in range(len(indices))
         ]
         folder = Path(self.dirpath or trainer.log_dir or trainer.default_root_dir) / "cam"

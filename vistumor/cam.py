@@ -190,7 +190,8 @@ class Explainer:
             for p in self.model.parameters():  # gradients flow to the input/activations only
                 p.requires_grad_(False)
             for start in range(0, len(images), self.batch_size):
-                batch = images[start : start + self.batch_size].to(device).float().clone()
+                # a float copy on the device: never the caller's tensor (it will require grad)
+                batch = images[start : start + self.batch_size].to(device, torch.float32, copy=True)
                 chunk_targets = _targets(targets, start, len(batch))
                 maps = self._explain(batch, chunk_targets).detach().float()
                 chunks.append(maps if on_device else _to_cpu(maps))

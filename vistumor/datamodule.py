@@ -112,8 +112,7 @@ class PatchDataModule(L.LightningDataModule):
             raise ConfigError("data.datamodule.image_size is unset and no model gave one")
         splits = {**_STAGE_SPLITS, "test": (self.test_split,), "predict": (self.test_split,)}
         for split in splits.get(stage or "fit", ("train", "val", self.test_split)):
-            if split not in self.datasets:
-                self.datasets[split] = self.build(split)
+            self.dataset(split)
         if stage in (None, "fit"):
             n = len(self.datasets["train"])
             if self.batch_size > n:

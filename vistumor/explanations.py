@@ -26,7 +26,7 @@ import torch
 from scipy.stats import spearmanr
 
 from vistumor import localization
-from vistumor.cam import Explainer, check_method
+from vistumor.cam import Explainer, check_method, preserved
 from vistumor.classifier import PatchClassifier
 from vistumor.errors import ConfigError
 from vistumor.render import Row, grid
@@ -138,9 +138,10 @@ def select_by_coordinates(describe, n: int, wanted: Sequence[Sequence]) -> list[
 
 
 def predict(model: PatchClassifier, images: torch.Tensor, batch_size: int = 64) -> np.ndarray:
-    """Tumor probabilities of ``uint8`` images."""
+    """Tumor probabilities of ``uint8`` images, in eval mode (the model's modes are restored)."""
     out = []
-    with torch.inference_mode():
+    with preserved(model), torch.inference_mode():
+        model.eval()
         for start in range(0, len(images), batch_size):
             batch = images[start : start + batch_size].to(model.device)
             out.append(model(batch).float().softmax(1)[:, 1].cpu())

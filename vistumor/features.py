@@ -18,29 +18,30 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from vistumor.augment import reseed
 from vistumor.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 
-class _Variant(Dataset):
-    """Items of ``dataset`` under augmentation variant ``variant`` (0 = unaugmented)."""
+class _Variants(Dataset):
+    """Each patch read once, as ``variants`` images ``(K, 3, S, S)``: the patch as it is
+    (variant 0), then fixed augmentations seeded by patch and variant."""
 
-    def __init__(self, dataset, variant: int, seed: int):
-        self.dataset, self.variant, self.seed = dataset, variant, seed
+    def __init__(self, dataset, variants: int, seed: int):
+        self.dataset, self.variants, self.seed = dataset, variants, seed
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> dict:
-        if self.variant == 0:
-            transform, self.dataset.state.transform = self.dataset.state.transform, None
-            try:
-                return self.dataset.item(index)
-            finally:
-                self.dataset.state.transform = transform
-        seed = (self.seed * 1_000_003 + self.variant) * 10_000_019 + index
-        return self.dataset.item(index, seed=seed % 2**32)
+    def __getitem__(self, index: int) -> torch.Tensor:
+        rgb, _ = self.dataset.read(index)
+        transform = self.dataset.state.transform
+        images = [rgb]
+        for variant in range(1, self.variants):
+            reseed(transform, ((self.seed * 1_000_003 + variant) * 10_000_019 + index) % 2**32)
+            images.append(rgb if transform is None else transform(image=rgb)["image"])
+        return torch.from_numpy(np.ascontiguousarray(np.stack(images).transpose(0, 3, 1, 2)))
 
 
 class FeatureDataset(Dataset):
@@ -57,20 +58,20 @@ class FeatureDataset(Dataset):
         self.labels = np.asarray(dataset.labels)
         self.describe = dataset.describe
         self.seed = seed
-        self.epoch = 0
+        self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        """Draw this epoch's variant of every patch (seeded by seed and epoch)."""
+        rng = np.random.default_rng((self.seed, epoch))
+        self.variant = rng.integers(self.features.shape[1], size=len(self.labels))
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, index: int) -> dict:
-        k = self.features.shape[1]
-        variant = 0 if k == 1 else int(np.random.default_rng((self.seed, self.epoch, index)).integers(k))
         slide_id, x0, y0 = self.describe(index)
         return {
-            "features": self.features[index, variant],
+            "features": self.features[index, self.variant[index]],
             "label": int(self.labels[index]),
             "slide_id": slide_id, "x0": x0, "y0": y0,
         }
@@ -83,16 +84,16 @@ def extract(
     """Trunk features of every patch for ``variants`` augmentation variants: ``(N, K, F)``."""
     was_training = module.training
     module.eval()
-    out = []
+    loader = DataLoader(_Variants(dataset, variants, seed), batch_size=max(1, batch_size // variants),
+                        num_workers=num_workers, shuffle=False)
+    chunks = []
     try:
-        for variant in range(variants):
-            loader = DataLoader(_Variant(dataset, variant, seed), batch_size=batch_size,
-                                num_workers=num_workers, shuffle=False)
-            chunks = [module.features(b["image"].to(module.device)).float().cpu() for b in loader]
-            out.append(torch.cat(chunks))
+        for images in loader:  # (B, K, 3, S, S)
+            features = module.features(images.flatten(0, 1).to(module.device)).float().cpu()
+            chunks.append(features.view(images.shape[0], variants, -1))
     finally:
         module.train(was_training)
-    return torch.stack(out, dim=1)
+    return torch.cat(chunks)
 
 
 class FeatureCache(L.Callback):
@@ -112,6 +113,8 @@ class FeatureCache(L.Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module) -> None:
         if not pl_module.head_only:
             raise ConfigError("the feature cache needs a frozen trunk (model.freeze=trunk)")
+        if pl_module.hparams.get("drop_rate"):  # timm's dropout sits in forward_head, not here
+            raise ConfigError("the feature cache trains the classifier alone: set model.drop_rate=0")
         dm = trainer.datamodule
         start = time.perf_counter()
         for split, variants in (("train", self.variants), ("val", 1)):

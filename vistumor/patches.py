@@ -1,11 +1,13 @@
 """Patch datasets: straight from the slides of a manifest, or from a folder of images.
 
-Every item is a dict ``image, label, slide_id, x0, y0, mask, has_mask``:
+Every item is a dict ``image, label, slide_id, x0, y0`` and, in datasets built with masks
+(validation and test; not training, which never reads them), ``mask, has_mask``:
 
 * ``image``: ``uint8`` tensor ``(3, S, S)`` (normalised later, on the device, by the model);
 * ``mask``: ``uint8`` tensor ``(S, S)``, 1 where the pathologists annotated tumor,
   transformed together with the image; ``has_mask`` says whether it is ground truth
-  (annotated slides and normal slides) or unknown (image folders without masks).
+  (annotated slides and normal slides) or unknown (a tumor slide without annotation, an
+  image without a mask file).
 
 Slides are opened lazily, once per worker process, and read at the manifest's level and
 size, then resized to ``S`` before augmentation (augmenting 224 px is ~5x cheaper than 512).
@@ -65,6 +67,7 @@ class _Patches(Dataset):
 
     labels: np.ndarray
     state: _PerProcess
+    with_masks: bool
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -82,7 +85,8 @@ class _Patches(Dataset):
         if seed is not None:
             reseed(self.state.transform, seed)
         slide_id, x0, y0 = self.describe(index)
-        return to_item(rgb, mask, self.state.transform, int(self.labels[index]), slide_id, x0, y0)
+        return to_item(rgb, mask, self.state.transform, int(self.labels[index]), slide_id, x0, y0,
+                       self.with_masks)
 
     def __getitem__(self, index: int) -> dict:
         return self.item(index)
@@ -180,16 +184,19 @@ class ImagePatchDataset(_Patches):
         self.labels = samples["label"].to_numpy(np.int64)
         masks = samples["mask_path"] if "mask_path" in samples else pd.Series([None] * len(samples))
         self.mask_paths = [m if isinstance(m, str) and m else None for m in masks]
+        self.with_masks = any(m is not None for m in self.mask_paths)
         self.image_size = int(image_size)
         self.state = _PerProcess(transform)
 
     def read(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
         self.state.check()
-        rgb = _load_image(self.paths[index], "RGB", self.image_size, cv2.INTER_AREA)
+        rgb = resize_patch(_load_image(self.paths[index], "RGB"), self.image_size)
         mask_path = self.mask_paths[index]
         mask = None
         if mask_path is not None:
-            mask = (_load_image(mask_path, "L", self.image_size, cv2.INTER_NEAREST) > 0).astype(np.uint8)
+            mask = _load_image(mask_path, "L")
+            mask = (cv2.resize(mask, (self.image_size,) * 2, interpolation=cv2.INTER_NEAREST) > 0)
+            mask = mask.astype(np.uint8)
         return rgb, mask
 
     def describe(self, index: int) -> tuple[str, int, int]:
@@ -198,24 +205,26 @@ class ImagePatchDataset(_Patches):
 
 def to_item(
     rgb: np.ndarray, mask: np.ndarray | None, transform: A.Compose | None, label: int,
-    slide_id: str, x0: int, y0: int,
+    slide_id: str, x0: int, y0: int, with_mask: bool = True,
 ) -> dict:
-    """Augment image and mask together and pack the dataset item."""
+    """Augment image (and mask) together and pack the dataset item."""
+    item = {"label": label, "slide_id": slide_id, "x0": x0, "y0": y0}
+    if not with_mask:
+        rgb = rgb if transform is None else transform(image=rgb)["image"]
+        return {"image": to_chw(rgb), **item}
     has_mask = mask is not None
     if mask is None:
         mask = np.zeros(rgb.shape[:2], np.uint8)
     if transform is not None:
         out = transform(image=rgb, mask=mask)
         rgb, mask = out["image"], out["mask"]
-    return {
-        "image": torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))),
-        "label": label,
-        "slide_id": slide_id,
-        "x0": x0,
-        "y0": y0,
-        "mask": torch.from_numpy(np.ascontiguousarray(mask)),
-        "has_mask": has_mask,
-    }
+    return {"image": to_chw(rgb), **item, "mask": torch.from_numpy(np.ascontiguousarray(mask)),
+            "has_mask": has_mask}
+
+
+def to_chw(rgb: np.ndarray) -> torch.Tensor:
+    """``(H, W, 3)`` uint8 -> contiguous ``(3, H, W)`` tensor."""
+    return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
 
 
 def resize_patch(rgb: np.ndarray, size: int) -> np.ndarray:
@@ -237,7 +246,7 @@ def read_items(dataset: _Patches, indices) -> tuple[torch.Tensor, np.ndarray, np
     images, masks, known = [], [], []
     for i in indices:
         rgb, mask = dataset.read(int(i))
-        images.append(torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))))
+        images.append(to_chw(rgb))
         masks.append(np.zeros(rgb.shape[:2], bool) if mask is None else mask.astype(bool))
         known.append(mask is not None)
     if not images:
@@ -247,7 +256,7 @@ def read_items(dataset: _Patches, indices) -> tuple[torch.Tensor, np.ndarray, np
     return torch.stack(images), np.array(masks), np.array(known)
 
 
-def _load_image(path: str, mode: str, size: int, interpolation: int) -> np.ndarray:
+def _load_image(path: str, mode: str) -> np.ndarray:
     try:
         with Image.open(path) as image:
             if mode == "RGB" and ("A" in image.getbands() or "transparency" in image.info):
@@ -256,8 +265,6 @@ def _load_image(path: str, mode: str, size: int, interpolation: int) -> np.ndarr
                 array = np.asarray(image.convert(mode))
     except (OSError, ValueError) as err:
         raise ConfigError(f"cannot read image ({err})", path) from err
-    if array.shape[0] != size or array.shape[1] != size:
-        array = cv2.resize(array, (size, size), interpolation=interpolation)
     return array
 
 

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from vistumor import qc
 from vistumor.annotations import DEFAULT_GROUPS, TumorAnnotation, read_annotations
 from vistumor.catalog import SlideRecord
-from vistumor.errors import AnnotationError, SlideError, VisTumorError
+from vistumor.errors import AnnotationError, ConfigError, SlideError, VisTumorError
 from vistumor.files import atomic_path, fingerprint, write_json
 from vistumor.slide import Slide
 from vistumor.tiles import (
@@ -45,6 +45,7 @@ from vistumor.tissue import TissueParams, tissue_mask
 log = logging.getLogger(__name__)
 
 DONE, SKIPPED, FAILED, PENDING = "done", "skipped", "failed", "pending"
+CHECKSUMS = ("fast", "full")
 
 
 @dataclass(frozen=True)
@@ -80,10 +81,15 @@ class TilingParams:
         d["annotation_groups"] = dict(sorted(dict(self.annotation_groups).items()))
         return d
 
+    def __post_init__(self):
+        if self.checksum not in CHECKSUMS:
+            raise ConfigError(f"tiling.checksum must be one of {CHECKSUMS}, got {self.checksum!r}")
+
     @property
     def hash(self) -> str:
-        blob = json.dumps(self.as_dict(), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        """Hash of what decides the tiles (how slides are fingerprinted does not)."""
+        values = {k: v for k, v in self.as_dict().items() if k != "checksum"}
+        return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _floats_as_floats(obj) -> dict[str, Any]:
@@ -224,7 +230,7 @@ def process_slide(record: SlideRecord, params: TilingParams, out_dir: str | Path
     except VisTumorError as err:
         status = _status(record, FAILED, reason=str(err))
     except Exception as err:  # a crash in one slide must not stop the batch; it is recorded
-        log.debug("unexpected error on %s", record.path, exc_info=True)
+        log.warning("unexpected error on %s", record.path, exc_info=True)
         status = _status(record, FAILED, reason=f"{record.path}: {type(err).__name__}: {err}")
     if status["status"] == FAILED:  # no tiles or picture of an earlier run beside a failure
         store.tiles(record.slide_id).unlink(missing_ok=True)

@@ -18,8 +18,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Generate the dataset; print its root. A refused request exits 2 with one ``error:`` line."""
     parser = argparse.ArgumentParser(prog="python -m vistumor.synthetic", description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=Path("data/synthetic"))
-    parser.add_argument("--n-normal", type=int, default=5)
-    parser.add_argument("--n-tumor", type=int, default=5)
+    parser.add_argument("--n-normal", type=int, default=6)
+    parser.add_argument("--n-tumor", type=int, default=6)
     parser.add_argument("--size", type=int, default=6144, help="level-0 side in pixels")
     parser.add_argument("--mpp", type=float, default=0.25, help="level-0 microns per pixel")
     parser.add_argument("--seed", type=int, default=0)

@@ -17,8 +17,8 @@ from pathlib import Path
 import cv2
 
 from vistumor.errors import ConfigError
+from vistumor.files import atomic_path
 from vistumor.synthetic.slide import KIND_CODES, check_args, generate_slide
-from vistumor.synthetic.writer import AtomicPath
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def _write_manifest(path: Path, record: dict) -> None:
     text = json.dumps(record, indent=1) + "\n"
     if path.exists() and path.read_text(encoding="utf-8") == text:
         return
-    with AtomicPath(path) as tmp:
+    with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
 
 
@@ -176,8 +176,8 @@ def _check_request(root: Path, n_normal: int, n_tumor: int, size: int, mpp: floa
 
 def generate_dataset(
     root: str | Path,
-    n_normal: int = 5,
-    n_tumor: int = 5,
+    n_normal: int = 6,
+    n_tumor: int = 6,
     size: int = 6144,
     mpp: float = 0.25,
     seed: int = 0,

@@ -8,12 +8,13 @@ from pathlib import Path
 import numpy as np
 
 from vistumor.errors import ConfigError
+from vistumor.files import atomic_path
 from vistumor.synthetic.artefacts import add_debris
 from vistumor.synthetic.cells import populate
 from vistumor.synthetic.lesions import place_lesions, rasterise
 from vistumor.synthetic.stain import Stain, compose
 from vistumor.synthetic.tissue import Style, region_maps
-from vistumor.synthetic.writer import AtomicPath, asap_xml, write_tiff
+from vistumor.synthetic.writer import asap_xml, write_tiff
 
 KIND_CODES = {"normal": 0, "tumor": 1}
 _REF_MPP = 0.25  # cell and lesion sizes are in level-0 pixels at this resolution
@@ -74,7 +75,7 @@ def generate_slide(
     add_debris(rng, image, zoom)
     levels = write_tiff(Path(path), image, mpp, stain.jpeg_quality)
     if annotation_path is not None:
-        with AtomicPath(Path(annotation_path)) as tmp:
+        with atomic_path(Path(annotation_path)) as tmp:
             tmp.write_text(asap_xml(outlines), encoding="utf-8")
     return {
         "kind": kind,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,29 +9,10 @@ import cv2
 import numpy as np
 import tifffile
 
+from vistumor.files import atomic_path
 from vistumor.synthetic.lesions import Outline
 
 TILE = 256
-
-
-class AtomicPath:
-    """A temporary sibling of ``path``, moved over it only when the block succeeds."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-
-    def __enter__(self) -> Path:
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
-        os.close(fd)
-        self.tmp = Path(tmp)
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            os.chmod(self.tmp, 0o644)
-            os.replace(self.tmp, self.path)
-        else:
-            self.tmp.unlink(missing_ok=True)
 
 
 def _pyramid(image: np.ndarray) -> list[np.ndarray]:
@@ -48,7 +27,7 @@ def _pyramid(image: np.ndarray) -> list[np.ndarray]:
 def write_tiff(path: Path, image: np.ndarray, mpp: float, quality: int) -> list[list[int]]:
     """Tiled JPEG pyramid, levels as successive main IFDs (OpenSlide generic TIFF)."""
     levels = _pyramid(image)
-    with AtomicPath(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=image.nbytes > 2**31) as tif:
+    with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=image.nbytes > 2**31) as tif:
         for i, level in enumerate(levels):
             per_cm = 1e4 / (mpp * image.shape[1] / level.shape[1])
             tif.write(

@@ -116,13 +116,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             result["best_ckpt"] = _best_checkpoint(trainer)
         if cfg.get("test", True):
             ckpt = result.get("best_ckpt") or (None if cfg.get("train", True) else cfg.get("ckpt_path"))
-            trainer.test(model, datamodule=dm, ckpt_path=ckpt or None, weights_only=False)
+            trainer.test(model, datamodule=dm, ckpt_path=ckpt or None)  # weights_only: plain hparams
             result.update(_floats(trainer.callback_metrics, prefix=("test/",)))
             if trainer.is_global_zero:
                 result.update(write_test_outputs(model, Path(cfg.paths.output_dir)))
     finally:
         tracking.finish(loggers)
-    if throughput is not None:
+    if throughput is not None and throughput.images_per_s is not None:
         result["images_per_s"] = round(throughput.images_per_s, 2)
     result["wall_time_s"] = round(time.perf_counter() - start, 2)
     if trainer.is_global_zero:
