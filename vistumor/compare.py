@@ -18,31 +18,29 @@ import pandas as pd
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from vistumor import localization, metrics
 from vistumor.files import write_text
 
 log = logging.getLogger(__name__)
 
-#: metrics.json key -> column, in table order. Localization columns appear when present.
+_TEST_TITLES = {"acc": "accuracy", "fpr": "FPR", "fnr": "FNR", "recall": "recall", "auroc": "AUROC"}
+_CAM_TITLES = {"pointing": "CAM pointing", "energy": "CAM energy", "iou": "CAM IoU",
+               "dice": "CAM Dice", "auroc": "CAM pixel AUROC"}
+assert set(_TEST_TITLES) <= set(metrics.NAMES) and set(_CAM_TITLES) <= set(localization.NAMES)
+
+#: metrics.json key -> column, in table order (keys spelled by ``metrics.key``, as logged).
+#: Localization columns appear when the run logged them.
 COLUMNS = {
     "model": "model",
     "weights": "weights",
-    "test/acc": "accuracy",
-    "test/fpr": "FPR",
-    "test/fnr": "FNR",
-    "test/recall": "recall",
-    "test/auroc": "AUROC",
-    "test/cam_pointing": "CAM pointing",
-    "test/cam_energy": "CAM energy",
-    "test/cam_iou": "CAM IoU",
-    "test/cam_dice": "CAM Dice",
-    "test/cam_auroc": "CAM pixel AUROC",
+    **{metrics.key("test", name): title for name, title in _TEST_TITLES.items()},
+    **{metrics.key("test", f"cam_{name}"): title for name, title in _CAM_TITLES.items()},
     "params_trainable": "trainable params",
     "params_total": "total params",
     "images_per_s": "images/s",
     "wall_time_s": "wall time (s)",
     "run_dir": "run",
 }
-
 
 def collect(folder: str | Path) -> pd.DataFrame:
     """One row per ``metrics.json`` below ``folder``, ordered by run folder."""

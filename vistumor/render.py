@@ -56,17 +56,17 @@ class Row:
 
 def grid(
     rows: Sequence[Row], map_titles: Sequence[str], path: str | Path, title: str = "",
-    show_outline_on_maps: bool = True, cell: float = 1.9,
+    cell: float = 1.9,
 ) -> Path:
     """Save a ``patch | maps... | ground truth`` grid as a PNG."""
     n_cols = 2 + len(map_titles)
     fig = Figure(figsize=(cell * n_cols, cell * len(rows) + 0.6), dpi=110)
-    axes = np.atleast_2d(fig.subplots(len(rows), n_cols, squeeze=False))
+    axes = fig.subplots(len(rows), n_cols, squeeze=False)
     for r, row in enumerate(rows):
         panels = [row.image]
         for cam in row.maps:
             picture = overlay(row.image, cam)
-            if show_outline_on_maps and row.mask is not None and row.mask.any():
+            if row.mask is not None and row.mask.any():  # the annotation, thin, over the map
                 picture = outline(picture, row.mask, colour=(255, 255, 255), width=1)
             panels.append(picture)
         panels.append(ground_truth(row.image, row.mask))

@@ -101,16 +101,24 @@ def explain(cfg: DictConfig) -> dict[str, Any]:
                                        "candidates": int(len(candidates)), "shown": len(shown)}
     for name, model in zip(names, models, strict=True):
         images, masks, known = pixels[model.input_size]
-        maps[name] = explanations.explain_maps(model, images[shown], methods, cfg.target_layer,
-                                               cfg.fast, cfg.batch_size)
+        explainers = {m: Explainer(model, m, cfg.target_layer, fast=cfg.fast, batch_size=cfg.batch_size)
+                      for m in methods}
         scored = np.flatnonzero((labels == 1) & known)
         if not len(scored):
             log.warning("no annotated tumor patches to score: localization scores skipped")
+        # the scoring method's maps once, for the shown and the scored patches together
+        need = np.union1d(np.asarray(shown, dtype=int), scored)
+        row = {int(i): j for j, i in enumerate(need)}
+        score_maps = explainers[score_method](images[need], targets=1).numpy()
+        maps[name] = {
+            m: score_maps[[row[i] for i in shown]] if m == score_method
+            else explainers[m](images[shown], targets=1).numpy()
+            for m in methods
+        }
         cams = None
         if len(scored):
             cams = np.zeros((len(candidates), *images.shape[-2:]), np.float32)
-            cams[scored] = Explainer(model, score_method, cfg.target_layer, fast=cfg.fast,
-                                     batch_size=cfg.batch_size)(images[scored], targets=1).numpy()
+            cams[scored] = score_maps[[row[int(i)] for i in scored]]
         table = explanations.score_table(name, reference.describe, candidates, labels, probs[name],
                                          threshold, cams, masks, known, cfg.scores.threshold,
                                          cfg.scores.tolerance)
@@ -118,7 +126,7 @@ def explain(cfg: DictConfig) -> dict[str, Any]:
         summary["models"][name] = _model_summary(model, table, score_method)
         if cfg.sanity_check:
             summary["models"][name]["randomization"] = _sanity(cfg, model, images[shown], methods,
-                                                                maps[name], out_dir, name)
+                                                                maps[name])
     first_images, first_masks, first_known = pixels[models[0].input_size]
     cats = explanations.categories(labels, (probs[names[0]] >= threshold).astype(int))
     fig = explanations.figure(out_dir / "explanations.png", first_images[shown], first_masks[shown],
@@ -156,7 +164,7 @@ def _model_summary(model, table: pd.DataFrame, score_method: str) -> dict[str, A
     return summary
 
 
-def _sanity(cfg, model, images, methods, maps, out_dir: Path, name: str) -> dict[str, float | None]:
+def _sanity(cfg, model, images, methods, maps) -> dict[str, float | None]:
     """Model-randomisation check: rank correlation of trained vs randomised maps (None where
     every map is flat and the correlation undefined: ``summary.json`` stays strict JSON)."""
     random_model = explanations.randomized(model, cfg.seed)
