@@ -184,7 +184,7 @@ def test_data_configs_compose_and_instantiate(tmp_path, data):
         assert dm.patch_sources == {s: f"{tmp_path}/data/patches/{s}" for s in ("train", "val", "test")}
         assert dm.manifest_path is None
     else:
-        assert dm.manifest_path == f"{tmp_path}/outputs/tiles/{data}/manifest.csv"
+        assert dm.manifest_path == f"{tmp_path}/outputs/tiles/{data}/default/manifest.csv"
         assert cfg.data.tile_if_missing == (data == "synthetic")
 
 
