@@ -80,3 +80,11 @@ def test_figures_are_written(tmp_path):
         with Image.open(path) as image:
             assert image.format == "PNG" and min(image.size) > 100
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["cm.png", "out", "roc.png"]  # no temp files
+
+
+def test_confusion_counts_of_hand_built_predictions():
+    from vistumor.metrics import confusion_counts
+
+    pred = [1, 1, 1, 1, 0, 0, 0, 0, 0, 0]
+    target = [1, 1, 1, 0, 1, 1, 0, 0, 0, 0]
+    assert confusion_counts(pred, target) == {"tp": 3, "fp": 1, "tn": 4, "fn": 2}

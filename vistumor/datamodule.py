@@ -128,19 +128,17 @@ class PatchDataModule(L.LightningDataModule):
             manifest = self.load()
             table = manifest.split(split)
             where = manifest.path
-            annotations = {k: v.get("annotation", "") for k, v in manifest.meta["slides"].items()}
             dataset = PatchDataset(
-                table, self.image_size, transform, annotations, self.annotation_groups, self.mpp,
-                with_masks=self.with_masks and split != "train",
+                table, self.image_size, transform, manifest.annotations, self.annotation_groups,
+                self.mpp, with_masks=self.with_masks and split != "train",
             )
-            labels = dataset.labels
         else:
             if split not in self.patch_sources:
                 raise ConfigError(f"data.datamodule.patch_sources has no '{split}' entry")
             where = self.patch_sources[split]
             samples = image_samples(where, self.classes)
             dataset = ImagePatchDataset(samples, self.image_size, transform)
-            labels = dataset.labels
+        labels = dataset.labels
         missing = [name for name, v in (("tumor", 1), ("normal", 0)) if not (labels == v).any()]
         if missing:
             raise ManifestError(

@@ -44,6 +44,11 @@ class Manifest:
         return self.table[self.table["split"] == name].reset_index(drop=True)
 
     @property
+    def annotations(self) -> dict[str, str]:
+        """slide_id -> annotation file ("" when the slide has none)."""
+        return {k: v.get("annotation", "") for k, v in self.meta.get("slides", {}).items()}
+
+    @property
     def spec(self) -> dict[str, Any]:
         return {k: self.meta.get(k) for k in SPEC_KEYS}
 

@@ -48,6 +48,13 @@ def rates(tp: float, fp: float, tn: float, fn: float) -> dict[str, float]:
     }
 
 
+def confusion_counts(pred, target) -> dict[str, int]:
+    """``tp, fp, tn, fn`` of 0/1 predictions against 0/1 labels (tumor is positive)."""
+    pred, target = np.asarray(pred).astype(bool), np.asarray(target).astype(bool)
+    return {"tp": int((pred & target).sum()), "fp": int((pred & ~target).sum()),
+            "tn": int((~pred & ~target).sum()), "fn": int((~pred & target).sum())}
+
+
 class ConfusionRates(Metric):
     """Confusion-matrix counts at a probability threshold, summed across batches and ranks."""
 

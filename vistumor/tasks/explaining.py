@@ -46,9 +46,8 @@ def _datasets(cfg: DictConfig, models: list, split: str) -> dict[int, Any]:
     table = manifest.split(split)
     if table.empty:
         raise ConfigError(f"empty selection: split '{split}' has no patches", manifest.path)
-    annotations = {k: v.get("annotation", "") for k, v in manifest.meta["slides"].items()}
     groups = plain(cfg.data.annotation_groups)
-    return {size: PatchDataset(table, size, None, annotations, groups, cfg.data.get("mpp"))
+    return {size: PatchDataset(table, size, None, manifest.annotations, groups, cfg.data.get("mpp"))
             for size in sizes}
 
 

@@ -30,12 +30,12 @@ log = logging.getLogger(__name__)
 # -- training -------------------------------------------------------------------------------
 
 
-def ensure_manifest(cfg: DictConfig) -> Path:
-    """The manifest the config asks for; tiled first when missing or made with another spec
-    and ``data.tile_if_missing`` (per-slide results are reused: usually only the cheap
-    merge reruns)."""
+def ensure_manifest(cfg: DictConfig, spec: Mapping[str, Any]) -> Path:
+    """The manifest the config asks for (``spec``); tiled first when missing or made with
+    another spec and ``data.tile_if_missing`` (per-slide results are reused: usually only
+    the cheap merge reruns)."""
     path = Path(cfg.data.datamodule.manifest_path)
-    if cfg.data.get("tile_if_missing") and not manifest.is_current(path, tiling_task.spec(cfg)):
+    if cfg.data.get("tile_if_missing") and not manifest.is_current(path, spec):
         log.info("no current manifest at %s: tiling first", path)
         tiling_task.tile(cfg)
     return path
@@ -46,8 +46,9 @@ def build_datamodule(cfg: DictConfig, input_size: int) -> PatchDataModule:
     node = cfg.data.datamodule
     extra: dict[str, Any] = {"augment": plain(cfg.get("augment")) or {}}
     if node.get("manifest_path"):
-        ensure_manifest(cfg)
-        extra.update(spec=tiling_task.spec(cfg), annotation_groups=plain(cfg.data.annotation_groups),
+        spec = tiling_task.spec(cfg)
+        ensure_manifest(cfg, spec)
+        extra.update(spec=spec, annotation_groups=plain(cfg.data.annotation_groups),
                      mpp=cfg.data.get("mpp"))
     dm = instantiate_node(node, **extra, _convert_="all")
     dm.use_model_input(input_size)
@@ -154,11 +155,8 @@ def write_test_outputs(model: PatchClassifier, folder: Path) -> dict[str, str]:
     table["pred"] = (table["prob"] >= model.hparams.threshold).astype(int)
     with atomic_path(folder / "predictions.csv") as tmp:
         table.to_csv(tmp, index=False)
-    pred, label = table["pred"].to_numpy(), table["label"].to_numpy()
-    counts = {
-        "tp": int(((pred == 1) & (label == 1)).sum()), "fp": int(((pred == 1) & (label == 0)).sum()),
-        "tn": int(((pred == 0) & (label == 0)).sum()), "fn": int(((pred == 0) & (label == 1)).sum()),
-    }
+    label = table["label"].to_numpy()
+    counts = metrics.confusion_counts(table["pred"].to_numpy(), label)
     name = model.hparams.backbone
     confusion = metrics.confusion_figure(**counts, path=folder / "confusion_matrix.png", title=name)
     roc = metrics.roc_figure(torch.tensor(table["prob"].to_numpy()), torch.tensor(label),
