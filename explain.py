@@ -3,7 +3,7 @@
 import hydra
 from omegaconf import DictConfig
 
-from vistumor.cli import run_task
+from vistumor.cli import check_overrides, run_task
 from vistumor.tasks import explain
 
 
@@ -13,4 +13,5 @@ def main(cfg: DictConfig) -> dict:
 
 
 if __name__ == "__main__":
+    check_overrides()
     main()

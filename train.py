@@ -3,7 +3,7 @@
 import hydra
 from omegaconf import DictConfig
 
-from vistumor.cli import run_task
+from vistumor.cli import check_overrides, run_task
 from vistumor.tasks import train
 
 
@@ -14,4 +14,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    check_overrides()
     main()

@@ -30,12 +30,13 @@ import pandas as pd  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-from vistumor.augment import build_pipeline  # noqa: E402
-from vistumor.catalog import find_slides  # noqa: E402
-from vistumor.manifest import load_manifest  # noqa: E402
-from vistumor.patches import PatchDataset  # noqa: E402
-from vistumor.slide_jobs import SlideStore, TilingParams, run_slides  # noqa: E402
+from vistumor.data.augment import build_pipeline  # noqa: E402
+from vistumor.data.patches import PatchDataset  # noqa: E402
 from vistumor.synthetic import generate_dataset  # noqa: E402
+from vistumor.tiling.catalog import find_slides  # noqa: E402
+from vistumor.tiling.jobs import SlideStore, run_slides  # noqa: E402
+from vistumor.tiling.manifest import load_manifest  # noqa: E402
+from vistumor.tiling.params import GridParams, TilingParams  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,7 +47,7 @@ def make_tiles(work: Path, size: int, stride: int, workers: int) -> pd.DataFrame
     generate_dataset(data, n_normal=2, n_tumor=2, size=size, seed=0, workers=min(4, workers))
     records = find_slides(data, {"normal": ["training/normal/*.tif"], "tumor": ["training/tumor/*.tif"]},
                           "training/lesion_annotations")
-    params = TilingParams(stride=stride)
+    params = TilingParams(GridParams(stride=stride))
     run_slides(records, params, work / "tiles", workers=min(4, workers), progress=False)
     store = SlideStore(work / "tiles")
     return pd.concat([store.read_tiles(r.slide_id) for r in records], ignore_index=True)

@@ -24,9 +24,9 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
+from vistumor.explain.cam import Explainer  # noqa: E402
 
-from vistumor.cam import Explainer  # noqa: E402
-from vistumor.classifier import PatchClassifier  # noqa: E402
+from vistumor.model.classifier import PatchClassifier  # noqa: E402
 
 
 def rate(fn, images: int, warmup: int, seconds: float, sync) -> float:

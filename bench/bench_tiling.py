@@ -131,9 +131,10 @@ def peak_rss_mb() -> float:
 
 
 def measure(kind: str, slide: Path, xml: Path, out: Path) -> dict:
-    from vistumor.catalog import SlideRecord
-    from vistumor.slide import Slide
-    from vistumor.slide_jobs import TilingParams, process_slide
+    from vistumor.tiling.catalog import SlideRecord
+    from vistumor.tiling.jobs import process_slide
+    from vistumor.tiling.params import TilingParams
+    from vistumor.wsi.slide import Slide
 
     params = TilingParams()
     start = time.perf_counter()

@@ -205,10 +205,10 @@ def compose_tiling(root_dir: str | Path, data_root: str | Path, *overrides: str)
         f"paths.root_dir={root_dir}",
         f"data.root={data_root}",
         "data.generate=null",
-        f"tiling.patch_size={PATCH}",
+        f"tiling.grid.patch_size={PATCH}",
         f"tiling.tissue.downsample={MASK_DOWNSAMPLE}",
-        "tiling.workers=1",
-        "tiling.progress=false",
+        "tiling.run.workers=1",
+        "tiling.run.progress=false",
     ]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("tiling", overrides=[*base, *overrides], return_hydra_config=True)
@@ -238,17 +238,17 @@ TRAIN_OVERRIDES = (
     "data=camelyon16",
     "data.generate=null",
     "data.tile_if_missing=false",
-    f"tiling.patch_size={PATCH}",
+    f"tiling.grid.patch_size={PATCH}",
     f"tiling.tissue.downsample={MASK_DOWNSAMPLE}",
-    "tiling.workers=1",
-    "tiling.progress=false",
+    "tiling.run.workers=1",
+    "tiling.run.progress=false",
     "model=small_cnn",
     "trainer=cpu",
     "trainer.max_epochs=2",
     "+trainer.enable_progress_bar=false",
     "logger=csv",
     "~callbacks.cam",
-    f"data.datamodule.image_size={PATCH}",
+    f"model.image_size={PATCH}",
     "data.datamodule.batch_size=8",
     "data.datamodule.num_workers=0",
     "data.datamodule.persistent_workers=false",
@@ -325,7 +325,7 @@ def copy_tiled(tiled: Tiled, folder: str | Path, keep=None) -> Tiled:
     """
     import shutil
 
-    from vistumor.manifest import load_manifest, write_manifest
+    from vistumor.tiling.manifest import load_manifest, write_manifest
 
     folder = Path(folder)
     old, new = str(tiled.data.root), str(folder / "data")

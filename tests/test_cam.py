@@ -11,9 +11,12 @@ import pytest
 import torch
 from torch import nn
 
-from vistumor.cam import CAM_METHODS, METHODS, Explainer, find_target_layer, scale_maps
-from vistumor.classifier import PatchClassifier
 from vistumor.errors import ConfigError
+from vistumor.explain.base import scale_maps
+from vistumor.explain.layers import find_target_layer
+from vistumor.explain.methods import CAM_METHODS, METHODS
+from vistumor.explain.methods import explainer as Explainer
+from vistumor.model.classifier import PatchClassifier
 
 SIZE = 64
 SQUARE = 12

@@ -10,20 +10,25 @@ import torch
 from conftest import CONF
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.strategies import DDPStrategy
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from vistumor import tracking
-from vistumor.augment import HEDJitter, build_pipeline
-from vistumor.callbacks import CamMonitor, LearningCurves, Throughput
-from vistumor.classifier import PatchClassifier
-from vistumor.datamodule import PatchDataModule
+from vistumor.cli import MOVED, moved_key
+from vistumor.data.augment import HEDJitter, build_pipeline
+from vistumor.data.datamodule import PatchDataModule
+from vistumor.data.features import FeatureCache
+from vistumor.data.sources import ImageFolderSource, ManifestSource
 from vistumor.errors import ConfigError
-from vistumor.features import FeatureCache
+from vistumor.explain.monitor import CamMonitor
+from vistumor.model.classifier import PatchClassifier
+from vistumor.runs import tracking
+from vistumor.runs.callbacks import LearningCurves, Throughput
+from vistumor.runs.compare import CompareCallback
 from vistumor.tasks.config import plain
+from vistumor.tasks.tiling import tiling_params
 from vistumor.tasks.training import build_trainer
 
 
@@ -178,43 +183,36 @@ def test_no_augmentation(tmp_path):
 @pytest.mark.parametrize("data", ["synthetic", "camelyon16", "patch_folder"])
 def test_data_configs_compose_and_instantiate(tmp_path, data):
     cfg = compose_cfg(tmp_path, f"data={data}")
-    dm = instantiate(cfg.data.datamodule, _convert_="all")
-    assert isinstance(dm, PatchDataModule) and dm.batch_size == 32
+    source = instantiate(cfg.data.datamodule.source, _convert_="all")
+    dm = instantiate(cfg.data.datamodule, source=source, image_size=32, _convert_="all")
+    assert isinstance(dm, PatchDataModule) and dm.source is source
     if data == "patch_folder":
-        assert dm.patch_sources == {s: f"{tmp_path}/data/patches/{s}" for s in ("train", "val", "test")}
-        assert dm.manifest_path is None
+        assert isinstance(source, ImageFolderSource) and dm.manifest_path is None
     else:
+        assert isinstance(source, ManifestSource)
         assert dm.manifest_path == f"{tmp_path}/outputs/tiles/{data}/default/manifest.csv"
-        assert cfg.data.tile_if_missing == (data == "synthetic")
 
 
 # -- experiments, sweeps, debug, other entry points -----------------------------------------
 
 
-def test_paper_experiment(tmp_path):
-    cfg = compose_cfg(tmp_path, "experiment=paper", "model.pretrained=false")
-    assert cfg.model.backbone == "resnet50" and cfg.model.freeze == "trunk"
-    assert cfg.model.optimizer.lr == 0.001 and cfg.data.datamodule.batch_size == 32
-    assert cfg.data.datamodule.image_size == 224 and cfg.trainer.max_epochs == 5
-    assert cfg.tiling.patch_size == 512 and cfg.tiling.split.mode == "patch"
-    assert dict(cfg.tiling.split.fractions) == {"train": 0.9, "val": 0.1, "test": 0.0}
-    assert list(cfg.tags) == ["paper"]
+@pytest.mark.parametrize("experiment", ["paper", "demo"])
+def test_experiments_build_their_model_and_tiling(tmp_path, experiment):
+    cfg = compose_cfg(tmp_path, f"experiment={experiment}", "model.pretrained=false")
+    model = instantiate(cfg.model, _convert_="all")
+    assert isinstance(model, PatchClassifier)
+    params = tiling_params(cfg)  # every tiling key is known to its dataclass
+    assert params.grid.patch_size == 512
+    if experiment == "paper":  # the paper resized 512 px patches to 224 for every backbone
+        assert model.input_size == 224
 
 
-def test_architectures_sweep(tmp_path):
+def test_architectures_sweep_composes_each_model(tmp_path):
     cfg = compose_cfg(tmp_path, "hparams_search=architectures")
     assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
-    assert cfg.hydra.sweeper.params.model == "resnet50,densenet201,efficientnet_b7"
-    assert cfg.hydra.callbacks.compare._target_ == "vistumor.compare.CompareCallback"
-
-
-@pytest.mark.parametrize("debug", ["default", "fdr"])
-def test_debug_configs(tmp_path, debug):
-    cfg = compose_cfg(tmp_path, f"debug={debug}")
-    assert cfg.callbacks is None and cfg.logger is None
-    assert cfg.trainer.accelerator == "cpu" and cfg.trainer.max_epochs == 1
-    assert cfg.data.datamodule.num_workers == 0
-    assert cfg.trainer.get("fast_dev_run", False) is (debug == "fdr")
+    for model in str(cfg.hydra.sweeper.params.model).split(","):
+        assert compose_cfg(tmp_path, f"model={model}").model.backbone == model
+    assert get_class(cfg.hydra.callbacks.compare._target_) is CompareCallback
 
 
 @pytest.mark.parametrize("name", ["explain", "tiling"])
@@ -222,10 +220,38 @@ def test_other_entry_configs_compose(tmp_path, name):
     overrides = ["ckpt_path=x.ckpt"] if name == "explain" else []
     cfg = compose_cfg(tmp_path, *overrides, name=name)
     assert cfg.task_name == name
-    assert cfg.tiling.patch_size == 512
+    tiling_params(cfg)
 
 
 def test_slurm_launcher_composes_for_training(tmp_path):
     cfg = compose_cfg(tmp_path, "hydra/launcher=slurm")
     assert "submitit" in cfg.hydra.launcher._target_.lower()
     assert cfg.hydra.launcher.timeout_min == 240
+
+
+# -- moved keys -----------------------------------------------------------------------------
+
+
+def test_a_moved_key_names_its_new_path():
+    assert moved_key(["data=camelyon16", "tiling.workers=16"]) == (
+        "tiling.workers moved to tiling.run.workers: use tiling.run.workers=16")
+    moved = moved_key(["data.datamodule.image_size=224"])
+    assert moved.startswith("data.datamodule.image_size moved to model.image_size")
+    assert moved_key(["tiling.run.workers=16", "model.image_size=224"]) is None
+    for old, new in MOVED.items():  # every new path exists in the composed configs
+        name = "explain" if new.startswith("scores.") else "train"
+        overrides = ["ckpt_path=x"] if name == "explain" else ["data=patch_folder"] if "splits" in new else []
+        cfg = compose_cfg(Path("/tmp"), *overrides, name=name)
+        assert OmegaConf.select(cfg, new, default="<absent>") != "<absent>", new
+        assert OmegaConf.select(cfg, old, default="<absent>") == "<absent>", old
+
+
+def test_entry_script_refuses_a_moved_key_in_one_line():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "tiling.py", "tiling.min_tumor_fraction=0.1"], cwd=CONF.parent,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip() == ("error: tiling.min_tumor_fraction moved to tiling.labels."
+                                   "min_tumor_fraction: use tiling.labels.min_tumor_fraction=0.1")

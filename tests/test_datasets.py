@@ -15,19 +15,22 @@ from conftest import PATCH, PINK, copy_tiled
 from PIL import Image
 from torch.utils.data import DataLoader, RandomSampler, WeightedRandomSampler
 
-from vistumor.augment import HEDJitter, build_pipeline
-from vistumor.datamodule import PatchDataModule
+from vistumor.data.augment import HEDJitter, build_pipeline
+from vistumor.data.datamodule import PatchDataModule
+from vistumor.data.images import ImagePatchDataset, image_samples
+from vistumor.data.patches import PatchDataset
+from vistumor.data.sources import ImageFolderSource, ManifestSource
 from vistumor.errors import ConfigError, ManifestError
-from vistumor.patches import ImagePatchDataset, PatchDataset, image_samples
 
 GROUPS = {"_0": "tumor", "_1": "tumor", "Tumor": "tumor", "_2": "exclude", "Exclusion": "exclude"}
 VFLIP = {"_target_": "albumentations.VerticalFlip", "p": 1.0}
 KEYS = {"image", "label", "slide_id", "x0", "y0", "mask", "has_mask"}
 
 
-def datamodule(manifest, **options) -> PatchDataModule:
-    values = {"image_size": PATCH, "batch_size": 8, "num_workers": 0, "annotation_groups": GROUPS}
-    return PatchDataModule(manifest_path=str(manifest), **{**values, **options})
+def datamodule(manifest, spec=None, verify_slides: bool = True, **options) -> PatchDataModule:
+    source = ManifestSource(str(manifest), spec=spec, verify_slides=verify_slides, annotation_groups=GROUPS)
+    values = {"image_size": PATCH, "batch_size": 8, "num_workers": 0}
+    return PatchDataModule(source, **{**values, **options})
 
 
 def tissue_colour(slide_id: str, tiled) -> np.ndarray:
@@ -129,7 +132,7 @@ def test_workers_have_their_own_augmentation_streams_and_a_seed_reproduces_them(
 
 
 def test_read_size_other_than_image_size_is_resized(tiled):
-    table = datamodule(tiled.manifest).load().split("test")
+    table = datamodule(tiled.manifest).source.manifest.split("test")
     i = index_of(PatchDataset(table, PATCH), 384, 128, 1)
     annotations = {s: tiled.data.annotation(s) for s in tiled.data.tumor}
     small = PatchDataset(table, 32, annotations=annotations, annotation_groups=GROUPS)
@@ -214,7 +217,7 @@ def test_batch_larger_than_the_data(tiled):
 def test_split_without_tumor_patches(tiled, tmp_path):
     copy = copy_tiled(tiled, tmp_path, keep=lambda t: ~((t["split"] == "val") & (t["label"] == 1)))
     dm = datamodule(copy.manifest)
-    with pytest.raises(ManifestError, match=r"split 'val' has no tumor patches \(5 in all\)") as err:
+    with pytest.raises(ManifestError, match=r"split 'val' has no tumor patches \(5 normal\)") as err:
         dm.setup("fit")
     assert str(copy.manifest) in str(err.value)
     dm.setup("test")  # the other splits are fine
@@ -228,10 +231,11 @@ def test_missing_manifest(tmp_path):
 
 
 def test_manifest_of_other_tiling_parameters(tiled):
-    made = datamodule(tiled.manifest).load().spec
-    other = {**made, "tiling": {**made["tiling"], "min_tissue_fraction": 0.5}}
-    dm = datamodule(tiled.manifest, spec=other)
-    with pytest.raises(ManifestError, match="tiling.min_tissue_fraction: manifest 0.6 vs config 0.5") as err:
+    made = datamodule(tiled.manifest).source.manifest.spec
+    grid = {**made["tiling"]["grid"], "min_tissue_fraction": 0.5}
+    dm = datamodule(tiled.manifest, spec={**made, "tiling": {**made["tiling"], "grid": grid}})
+    message = "tiling.grid.min_tissue_fraction: manifest 0.6 vs config 0.5"
+    with pytest.raises(ManifestError, match=message) as err:
         dm.setup("fit")
     assert str(tiled.manifest) in str(err.value)
 
@@ -244,21 +248,17 @@ def test_missing_or_changed_slide(tiled, tmp_path):
     with pytest.raises(ManifestError, match="slide 'normal_002' changed since tiling") as err:
         datamodule(copy.manifest).setup("fit")
     assert str(copy.manifest) in str(err.value) and str(slide) in str(err.value)
-    datamodule(copy.manifest, verify_slides=False).load()
+    assert datamodule(copy.manifest, verify_slides=False).source.manifest.table is not None
     slide.unlink()
     with pytest.raises(ManifestError, match="slide 'normal_002' is missing") as err:
         datamodule(copy.manifest).setup("fit")
     assert str(copy.manifest) in str(err.value)
 
 
-def test_exactly_one_data_source(tiled, tmp_path):
-    with pytest.raises(ConfigError, match="exactly one"):
-        PatchDataModule()
-    with pytest.raises(ConfigError, match="exactly one"):
-        PatchDataModule(manifest_path=str(tiled.manifest), patch_sources={"train": str(tmp_path)})
+def test_image_folder_source_names_a_missing_split(tmp_path):
     write_png(tmp_path / "normal" / "a.png", np.zeros((8, 8, 3), np.uint8))
     write_png(tmp_path / "tumor" / "b.png", np.zeros((8, 8, 3), np.uint8))
-    dm = PatchDataModule(patch_sources={"train": str(tmp_path)}, image_size=8, batch_size=2)
+    dm = PatchDataModule(ImageFolderSource({"train": str(tmp_path)}), image_size=8, batch_size=2)
     with pytest.raises(ConfigError, match="no 'val' entry"):
         dm.setup("fit")
 
@@ -267,7 +267,7 @@ def test_image_folder_split_without_tumor(tmp_path):
     write_png(tmp_path / "train" / "normal" / "a.png", np.zeros((8, 8, 3), np.uint8))
     write_png(tmp_path / "train" / "tumor" / "b.png", np.zeros((8, 8, 3), np.uint8))
     write_png(tmp_path / "val" / "normal" / "a.png", np.zeros((8, 8, 3), np.uint8))
-    dm = PatchDataModule(patch_sources={s: str(tmp_path / s) for s in ("train", "val")}, image_size=8,
+    dm = PatchDataModule(ImageFolderSource({s: str(tmp_path / s) for s in ("train", "val")}), image_size=8,
                          batch_size=2, num_workers=0)
     with pytest.raises(ManifestError, match="split 'val' has no tumor patches") as err:
         dm.setup("fit")
@@ -281,7 +281,7 @@ def test_balanced_sampling_draws_both_classes_about_equally(tmp_path):
         write_png(tmp_path / "train" / "tumor" / f"t{i}.png", np.zeros((8, 8, 3), np.uint8))
 
     def tumor_share(balanced: bool) -> float:
-        dm = PatchDataModule(patch_sources={"train": str(tmp_path / "train")}, image_size=8,
+        dm = PatchDataModule(ImageFolderSource({"train": str(tmp_path / "train")}), image_size=8,
                              batch_size=4, num_workers=0, balanced_sampling=balanced)
         loader = dm.train_dataloader()
         assert isinstance(loader.sampler, WeightedRandomSampler if balanced else RandomSampler)
@@ -300,7 +300,7 @@ def test_random_dihedral_is_the_d4_group_on_image_and_mask():
     import albumentations as A
     import numpy as np
 
-    from vistumor.augment import RandomDihedral, dihedral
+    from vistumor.data.augment import RandomDihedral, dihedral
 
     image = np.arange(16, dtype=np.uint8).reshape(4, 4)
     group = {np.rot90(m, k).tobytes() for m in (image, image[:, ::-1]) for k in range(4)}

@@ -24,21 +24,23 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 from PIL import Image
 
-from vistumor import explanations
-from vistumor.callbacks import CamMonitor
-from vistumor.classifier import PatchClassifier
 from vistumor.errors import ConfigError
-from vistumor.localization import NAMES
+from vistumor.explain import sanity, selection
+from vistumor.explain.localization import NAMES
+from vistumor.explain.monitor import CamMonitor
+from vistumor.labels import outcomes
+from vistumor.model.checkpoints import load_classifier
+from vistumor.model.classifier import PatchClassifier
 
 SCORE_KEYS = [f"cam_{n}" for n in NAMES]
 #: tiling and data overrides shared by the training run and every explain call
 DATA = (
     "data=camelyon16",
     "data.generate=null",
-    f"tiling.patch_size={PATCH}",
+    f"tiling.grid.patch_size={PATCH}",
     f"tiling.tissue.downsample={MASK_DOWNSAMPLE}",
-    "tiling.workers=1",
-    "tiling.progress=false",
+    "tiling.run.workers=1",
+    "tiling.run.progress=false",
 )
 TRAIN = (
     "data.tile_if_missing=true",
@@ -47,7 +49,7 @@ TRAIN = (
     "trainer.max_epochs=2",
     "+trainer.enable_progress_bar=false",
     "logger=csv",
-    f"data.datamodule.image_size={PATCH}",
+    f"model.image_size={PATCH}",
     "data.datamodule.batch_size=8",
     "data.datamodule.num_workers=0",
     "data.datamodule.persistent_workers=false",
@@ -151,7 +153,7 @@ class FakeTrainer(SimpleNamespace):
     def __init__(self, dataset, folder: Path, epoch: int = 0, **kwargs):
         images = []
         logger = SimpleNamespace(log_image=lambda **kw: images.append(kw))
-        datamodule = SimpleNamespace(image_dataset=lambda split: dataset, test_split="test")
+        datamodule = SimpleNamespace(dataset=lambda split: dataset, test_split="test")
         defaults = dict(sanity_checking=False, current_epoch=epoch, datamodule=datamodule,
                         is_global_zero=True, log_dir=None, default_root_dir=str(folder), loggers=[logger],
                         global_step=10 * epoch)
@@ -348,7 +350,7 @@ def test_explain_patch_folder_with_masks_scores_them(trained, tmp_path, caplog):
 @pytest.mark.parametrize("flat", [False, True])
 def test_explain_sanity_check_adds_randomization_similarity(trained, tmp_path, monkeypatch, flat):
     if flat:  # every map constant: the rank correlation is undefined
-        monkeypatch.setattr(explanations, "rank_similarity", lambda a, b: float("nan"))
+        monkeypatch.setattr(sanity, "rank_similarity", lambda a, b: float("nan"))
     summary = run_explain(trained, tmp_path, "sanity_check=true", "select.per_kind=1")
     similarity = summary["models"]["test_resnet"]["randomization"]
     assert set(similarity) == {"gradcam++", "saliency"}
@@ -449,40 +451,40 @@ def test_explain_cli_end_to_end(trained, tmp_path):
 def test_select_by_outcome_most_confident_first():
     labels = np.array([1, 1, 1, 0, 0, 0, 1])
     prob = np.array([0.9, 0.6, 0.2, 0.7, 0.1, 0.45, 0.99])
-    assert explanations.select_by_outcome(labels, prob, 0.5, ["tp"], 2) == [6, 0]
-    assert explanations.select_by_outcome(labels, prob, 0.5, ["fn", "fp", "tn"], 5) == [2, 3, 4, 5]
+    assert selection.select_by_outcome(labels, prob, 0.5, ["tp"], 2) == [6, 0]
+    assert selection.select_by_outcome(labels, prob, 0.5, ["fn", "fp", "tn"], 5) == [2, 3, 4, 5]
     # another threshold: the most confident miss is the one called most surely normal
-    assert explanations.select_by_outcome(labels, prob, 0.95, ["tp", "fn"], 2) == [6, 2, 1]
+    assert selection.select_by_outcome(labels, prob, 0.95, ["tp", "fn"], 2) == [6, 2, 1]
 
 
-def test_categories():
-    got = explanations.categories(np.array([1, 1, 0, 0]), np.array([1, 0, 1, 0]))
+def test_outcomes():
+    got = outcomes(np.array([1, 1, 0, 0]), np.array([1, 0, 1, 0]))
     assert list(got) == ["tp", "fn", "fp", "tn"]
 
 
 def test_select_by_coordinates_whole_slides_and_places():
     places = [("a", 0, 0), ("a", 64, 0), ("b", 0, 0)]
     describe = places.__getitem__
-    assert explanations.select_by_coordinates(describe, 3, [["a"]]) == [0, 1]
-    assert explanations.select_by_coordinates(describe, 3, [["b", 0, 0], ["a", 64, 0]]) == [2, 1]
+    assert selection.select_by_coordinates(describe, 3, [["a"]]) == [0, 1]
+    assert selection.select_by_coordinates(describe, 3, [["b", 0, 0], ["a", 64, 0]]) == [2, 1]
     with pytest.raises(ConfigError, match="no patch"):
-        explanations.select_by_coordinates(describe, 3, [["a", 1, 1]])
+        selection.select_by_coordinates(describe, 3, [["a", 1, 1]])
 
 
 def test_rank_similarity():
     a = np.random.default_rng(0).random((2, 8, 8))
-    assert explanations.rank_similarity(a, a) == pytest.approx(1)
-    assert explanations.rank_similarity(a, 1 - a) == pytest.approx(-1)
-    assert math.isnan(explanations.rank_similarity(a, np.zeros_like(a)))
+    assert sanity.rank_similarity(a, a) == pytest.approx(1)
+    assert sanity.rank_similarity(a, 1 - a) == pytest.approx(-1)
+    assert math.isnan(sanity.rank_similarity(a, np.zeros_like(a)))
 
 
 def test_randomized_copy_leaves_the_model(trained):
-    model = explanations.load_classifier(trained.last)
+    model = load_classifier(trained.last)
     weights = {k: v.clone() for k, v in model.state_dict().items()}
     state = torch.get_rng_state()
-    clone = explanations.randomized(model, seed=1)
+    clone = sanity.randomized(model, seed=1)
     assert torch.equal(torch.get_rng_state(), state)  # the caller's random stream untouched
-    again = explanations.randomized(model, seed=1)
+    again = sanity.randomized(model, seed=1)
     assert all(torch.equal(v, again.state_dict()[k]) for k, v in clone.state_dict().items())
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in weights.items())
     assert not torch.equal(clone.net.layer4[0].conv1.weight, model.net.layer4[0].conv1.weight)
@@ -495,7 +497,7 @@ def test_explain_uses_the_manifest_the_checkpoint_was_trained_on(trained, tmp_pa
 
     recorded = torch.load(trained.last, weights_only=True)["hyper_parameters"]["manifest_path"]
     assert Path(recorded).is_file()
-    summary = run_explain(trained, tmp_path / "out", "tiling.name=other", "tiling.stride=32")
+    summary = run_explain(trained, tmp_path / "out", "tiling.name=other", "tiling.grid.stride=32")
     assert not (trained.root / "outputs" / "tiles" / "camelyon16" / "other").exists()
     scores = pd.read_csv(summary["scores"])
     expected = trained.manifest[trained.manifest["split"] == "test"]

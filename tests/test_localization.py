@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from vistumor import localization
-from vistumor.localization import (
+from vistumor.explain import localization
+from vistumor.explain.localization import (
     NAMES,
     batch_scores,
     energy,
@@ -111,7 +111,7 @@ def test_pixel_auroc_undefined_on_one_class():
 
 
 def test_scores_has_every_name_and_accepts_uint8_mask():
-    out = scores(CAM, MASK.astype(np.uint8), threshold=0.51)
+    out = scores(CAM, MASK.astype(np.uint8), cam_threshold=0.51)
     assert tuple(out) == NAMES
     assert out["pointing"] == 1.0
     assert out["iou"] == pytest.approx(3 / 7)
@@ -138,7 +138,7 @@ def test_batch_scores_passes_threshold_and_tolerance():
     cam = np.zeros((1, 20, 20))
     cam[0, 13, 14] = 1.0
     assert batch_scores(cam, mask, tolerance=5)[0]["pointing"] == 1.0
-    assert batch_scores(cam, mask, threshold=1.01)[0]["iou"] == 0.0
+    assert batch_scores(cam, mask, cam_threshold=1.01)[0]["iou"] == 0.0
 
 
 def test_mean_scores_counts_and_ignores_nan():

@@ -10,14 +10,14 @@ import pandas as pd
 import pytest
 from conftest import tissue_image, write_tiff
 
-from vistumor import manifest as manifest_module
 from vistumor.errors import ManifestError
 from vistumor.files import fingerprint
-from vistumor.manifest import COLUMNS, FORMAT, is_current, load_manifest, meta_path, write_manifest
-from vistumor.sampling import SamplingParams, SplitParams
-from vistumor.slide_jobs import TilingParams
-from vistumor.tiling import manifest_spec
-from vistumor.tissue import TissueParams
+from vistumor.tiling import manifest as manifest_module
+from vistumor.tiling.manifest import COLUMNS, FORMAT, is_current, load_manifest, meta_path, write_manifest
+from vistumor.tiling.merge import manifest_spec
+from vistumor.tiling.params import GridParams, LabelParams, TilingParams
+from vistumor.tiling.sampling import SamplingParams, SplitParams
+from vistumor.tiling.tissue import TissueParams
 
 
 def table(n: int = 6) -> pd.DataFrame:
@@ -101,11 +101,11 @@ def test_interrupted_write_leaves_nothing(tmp_path, monkeypatch):
 
 
 def test_check_spec_accepts_the_same_parameters(tmp_path):
-    params = TilingParams(patch_size=64, tissue=TissueParams(downsample=8))
+    params = TilingParams(GridParams(patch_size=64), TissueParams(downsample=8))
     path = write_manifest(tmp_path / "manifest.csv", table(), meta(params))
     loaded = load_manifest(path)
     loaded.check_spec(spec(params))
-    loaded.check_spec(spec(TilingParams(patch_size=64, tissue=TissueParams(downsample=8.0))))
+    loaded.check_spec(spec(TilingParams(GridParams(patch_size=64), TissueParams(downsample=8.0))))
     assert is_current(path, spec(params)) and not is_current(path, spec(params, seed=7))
     assert not is_current(tmp_path / "elsewhere.csv", spec(params))
 
@@ -113,8 +113,9 @@ def test_check_spec_accepts_the_same_parameters(tmp_path):
 @pytest.mark.parametrize(
     ("other", "key", "detail"),
     [
-        (TilingParams(patch_size=256), "patch_size", "manifest 512 vs config 256"),
-        (TilingParams(min_tumor_fraction=0.1), "min_tumor_fraction", "manifest 0.05 vs config 0.1"),
+        (TilingParams(GridParams(patch_size=256)), "tiling.grid.patch_size", "manifest 512 vs config 256"),
+        (TilingParams(labels=LabelParams(min_tumor_fraction=0.1)), "tiling.labels.min_tumor_fraction",
+         "manifest 0.05 vs config 0.1"),
         (TilingParams(tissue=TissueParams(downsample=16)), "tiling.tissue.downsample",
          "manifest 32.0 vs config 16.0"),
     ],

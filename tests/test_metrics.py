@@ -6,7 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from vistumor.metrics import NAMES, ConfusionRates, StageMetrics, confusion_figure, key, rates, roc_figure
+from vistumor.model.metrics import NAMES, ConfusionRates, StageMetrics, key, rates
+from vistumor.runs.figures import confusion_figure, roc_figure
 
 #: tumor probabilities and labels: at threshold 0.5, tp = 2 (0.9, and exactly 0.5 counts as
 #: tumor), fn = 1 (0.2), fp = 1 (0.7), tn = 2 (0.1, 0.49)
@@ -80,11 +81,3 @@ def test_figures_are_written(tmp_path):
         with Image.open(path) as image:
             assert image.format == "PNG" and min(image.size) > 100
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["cm.png", "out", "roc.png"]  # no temp files
-
-
-def test_confusion_counts_of_hand_built_predictions():
-    from vistumor.metrics import confusion_counts
-
-    pred = [1, 1, 1, 1, 0, 0, 0, 0, 0, 0]
-    target = [1, 1, 1, 0, 1, 1, 0, 0, 0, 0]
-    assert confusion_counts(pred, target) == {"tp": 3, "fp": 1, "tn": 4, "fn": 2}

@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 
 from vistumor.errors import ManifestError
-from vistumor.sampling import SamplingParams, SplitParams, allocate, sample_manifest
-from vistumor.tiles import AMBIGUOUS, NORMAL, TUMOR
+from vistumor.tiling.grid import AMBIGUOUS, NORMAL, TUMOR
+from vistumor.tiling.sampling import SamplingParams, SplitParams, allocate, sample_manifest
 
 SLIDE_SPLIT = SplitParams(mode="slide", fractions={"train": 0.7, "val": 0.15, "test": 0.15})
 ALL = SamplingParams(target_total=None)
@@ -130,7 +130,7 @@ def test_too_few_slides_for_a_slide_split():
 def test_split_without_tumor_patches_is_refused():
     tiles = make_tiles()
     tiles = tiles[~((tiles["slide_id"] == "tumor_001") & (tiles["label"] == TUMOR))]
-    with pytest.raises(ManifestError, match="split '[a-z]+' has no tumor"):
+    with pytest.raises(ManifestError, match=r"split '[a-z]+' has no tumor patches \(\d+ normal\)"):
         sample_manifest(tiles, ALL, SLIDE_SPLIT, seed=0)
 
 

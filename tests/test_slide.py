@@ -10,12 +10,13 @@ import openslide
 import pytest
 from conftest import REAL_SVS, needs_real_fixtures
 
-from vistumor import slide as slide_module
-from vistumor.catalog import SlideRecord
-from vistumor.errors import SlideError
-from vistumor.slide import Slide, rgba_to_rgb
-from vistumor.slide_jobs import TilingParams, grid_spec, tile_slide
-from vistumor.tissue import TissueParams
+from vistumor.errors import ConfigError, SlideError
+from vistumor.tiling.catalog import SlideRecord
+from vistumor.tiling.jobs import grid_spec, tile_slide
+from vistumor.tiling.params import GridParams, TilingParams
+from vistumor.tiling.tissue import TissueParams
+from vistumor.wsi import slide as slide_module
+from vistumor.wsi.slide import Slide, rgba_to_rgb
 
 RED, BLUE = (220, 30, 40), (30, 40, 200)
 
@@ -140,8 +141,22 @@ def test_mpp_override_and_missing_mpp(tiny_tiff):
         assert str(path) in str(err.value)
     with Slide(path, mpp=0.243) as s:
         assert s.mpp == 0.243
-    with Slide(tiny_tiff("mpp.tif", quadrants(), mpp=0.5), mpp=0.25) as s:
-        assert s.mpp == 0.25  # the override wins over the slide's own
+    recorded = tiny_tiff("mpp.tif", quadrants(), mpp=0.5)
+    with Slide(recorded, mpp=0.25) as s:
+        assert s.mpp == s.recorded_mpp == 0.5  # by default data.mpp only fills in a missing value
+
+
+def test_mpp_override_all_forces_it_with_a_warning(tiny_tiff, caplog):
+    recorded = tiny_tiff("mpp.tif", quadrants(), mpp=0.5)
+    with Slide(recorded, mpp=0.25, mpp_override="all") as s:
+        assert s.mpp == 0.25 and s.recorded_mpp == 0.5
+    assert "data.mpp=0.25 replaces the recorded 0.5" in caplog.text and str(recorded) in caplog.text
+    caplog.clear()
+    with Slide(recorded, mpp=0.5, mpp_override="all") as s:  # the same value: nothing to say
+        assert s.mpp == 0.5
+    assert not caplog.text
+    with pytest.raises(ConfigError, match="data.mpp_override must be one of"):
+        Slide(recorded, mpp=0.25, mpp_override="some")
 
 
 @pytest.mark.parametrize(
@@ -164,12 +179,12 @@ def test_target_mpp_finer_than_level_0(tiny_tiff):
 
 def test_grid_spec_from_level_and_from_target_mpp(tiny_tiff):
     with Slide(tiny_tiff("q.tif", quadrants(), mpp=0.5, levels=3)) as s:
-        at_level = grid_spec(s, TilingParams(patch_size=32, level=1))
+        at_level = grid_spec(s, GridParams(patch_size=32, level=1))
         assert astuple(at_level) == (1, 32, 64.0, 64.0)  # level, read_size, size0, stride0
-        by_mpp = grid_spec(s, TilingParams(patch_size=32, stride=16, target_mpp=1.5))
+        by_mpp = grid_spec(s, GridParams(patch_size=32, stride=16, target_mpp=1.5))
         assert astuple(by_mpp) == (1, 48, 96.0, 48.0)
-        with pytest.raises(SlideError, match="tiling.level=3 does not exist"):
-            grid_spec(s, TilingParams(level=3))
+        with pytest.raises(SlideError, match="tiling.grid.level=3 does not exist"):
+            grid_spec(s, GridParams(level=3))
 
 
 # -- errors ----------------------------------------------------------------------------------
@@ -205,7 +220,7 @@ def test_real_svs_opens():
 @needs_real_fixtures
 def test_real_svs_tiles_sensibly():
     record = SlideRecord("cmu_small_region", Path(REAL_SVS), "normal", None)
-    params = TilingParams(patch_size=256, tissue=TissueParams(downsample=16))
+    params = TilingParams(GridParams(patch_size=256), TissueParams(downsample=16))
     table, facts, picture = tile_slide(record, params)
     assert facts["n_grid"] == (2220 // 256) * (2967 // 256)  # 8 x 11
     assert 10 <= facts["n_tissue"] < facts["n_grid"]
@@ -219,7 +234,7 @@ def test_real_svs_tiles_sensibly():
 @needs_real_fixtures
 def test_real_svs_grid_at_target_mpp():
     with Slide(REAL_SVS) as s:
-        spec = grid_spec(s, TilingParams(patch_size=256, target_mpp=1.0))
+        spec = grid_spec(s, GridParams(patch_size=256, target_mpp=1.0))
     # one level at 0.499 um/px: read round(256 * 1.0 / 0.499) = 513 px and resize
     assert (spec.level, spec.read_size, spec.size0) == (0, 513, 513.0)
     assert spec.stride0 == pytest.approx(256 / 0.499)

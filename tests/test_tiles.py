@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vistumor.tiles import (
+from vistumor.tiling.grid import (
     AMBIGUOUS,
     NORMAL,
     TUMOR,

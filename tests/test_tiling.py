@@ -38,13 +38,13 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import get_class
 from omegaconf import OmegaConf
 
-from vistumor import slide_jobs
 from vistumor.cli import run_task
 from vistumor.errors import ConfigError, ManifestError
-from vistumor.sampling import SamplingParams, SplitParams
 from vistumor.tasks.config import build
 from vistumor.tasks.tiling import slide_results_dir, tile, tiling_params
-from vistumor.tiles import AMBIGUOUS, NORMAL, TUMOR
+from vistumor.tiling import jobs as slide_jobs
+from vistumor.tiling.grid import AMBIGUOUS, NORMAL, TUMOR
+from vistumor.tiling.sampling import SamplingParams, SplitParams
 
 SPLITS = ("train", "val", "test")
 BALANCED = {s: {"normal": N_TUMOR, "tumor": N_TUMOR} for s in SPLITS}
@@ -84,9 +84,9 @@ def test_every_tiling_config_composes_and_builds(tmp_path, data, tiling):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("tiling", overrides=overrides)
     params = tiling_params(cfg)
-    assert params.patch_size == 512  # the paper's protocol
-    assert (params.min_tissue_fraction, params.min_tumor_fraction) == (0.6, 0.05)
-    assert params.annotation_groups["_2"] == "exclude"
+    assert params.grid.patch_size == 512  # the paper's protocol
+    assert (params.grid.min_tissue_fraction, params.labels.min_tumor_fraction) == (0.6, 0.05)
+    assert params.labels.annotation_groups["_2"] == "exclude"
     split = build(SplitParams, OmegaConf.to_container(cfg.tiling.split), "tiling.split")
     assert split.mode == {"default": "slide", "paper": "patch", "demo": "slide"}[tiling]
     assert build(SamplingParams, OmegaConf.to_container(cfg.tiling.sampling), "tiling.sampling")
@@ -159,15 +159,17 @@ def test_end_to_end_hand_computed(dataset, tiling_cfg):
 
 @pytest.mark.parametrize(
     "read_at",
-    [("tiling.level=1",), ("tiling.target_mpp=1.0",), ("data.mpp=0.25", "tiling.target_mpp=0.5")],
+    [("tiling.grid.level=1",), ("tiling.grid.target_mpp=1.0",),
+     ("data.mpp=0.25", "data.mpp_override=all", "tiling.grid.target_mpp=0.5")],
     ids=["level-1", "target-mpp", "mpp-override"],
 )
 def test_reading_at_level_1_gives_the_same_tiles(dataset, tiling_cfg, read_at):
     """32 px at level 1 (1.0 um/px) cover the same 64 level-0 px as 64 px at level 0.
 
-    With ``data.mpp=0.25`` the slides are taken as 0.25 um/px: 0.5 um/px is then level 1.
+    With ``data.mpp=0.25`` forced on all slides (``data.mpp_override=all``) the slides are
+    taken as 0.25 um/px: 0.5 um/px is then level 1.
     """
-    cfg = tiling_cfg(dataset.root, "tiling.patch_size=32", *read_at)
+    cfg = tiling_cfg(dataset.root, "tiling.grid.patch_size=32", *read_at)
     tile(cfg)
     status = status_table(cfg)
     assert status["n_tissue"].tolist() == [N_TISSUE] * 6
@@ -185,7 +187,7 @@ def test_overlapping_tiles_hand_computed(dataset, tiling_cfg):
     25 %, and the tile exactly on the 5 % strip; ambiguous: the two tiles half on the 5 %
     strip (2.5 %) and the three on the 2 % strip (1 %, 2 %, 1 %).
     """
-    cfg = tiling_cfg(dataset.root, "tiling.stride=32", "tiling.split.mode=patch")
+    cfg = tiling_cfg(dataset.root, "tiling.grid.stride=32", "tiling.split.mode=patch")
     tile(cfg)
     status = status_table(cfg).loc["tumor_001"]
     assert (status["n_tissue"], status["n_tumor"], status["n_ambiguous"]) == (105, 17, 5)
@@ -210,7 +212,7 @@ def test_same_seed_same_manifest(dataset, tiling_cfg, tmp_path):
 
 def test_workers_2_same_manifest_as_workers_1(dataset, tiling_cfg, tmp_path):
     one = tiling_cfg(dataset.root, root_dir=tmp_path / "one")
-    two = tiling_cfg(dataset.root, "tiling.workers=2", root_dir=tmp_path / "two")
+    two = tiling_cfg(dataset.root, "tiling.run.workers=2", root_dir=tmp_path / "two")
     tile(one)
     assert tile(two)["done"] == 6
     assert manifest_bytes(one) == manifest_bytes(two)
@@ -273,7 +275,7 @@ def test_lost_status_and_changed_slide_are_redone(dataset, tiling_cfg, tmp_path)
 
 def test_other_tiling_parameters_redo_every_slide(dataset, tiling_cfg):
     tile(tiling_cfg(dataset.root))
-    cfg = tiling_cfg(dataset.root, "tiling.min_tissue_fraction=0.99")
+    cfg = tiling_cfg(dataset.root, "tiling.grid.min_tissue_fraction=0.99")
     result = tile(cfg)
     assert result["done"] == 6
     # the four corner tiles of the rectangle lose a few mask pixels to the median blur
@@ -297,21 +299,21 @@ def test_shards_then_merge_equal_one_run(dataset, tiling_cfg, tmp_path):
     single = tiling_cfg(dataset.root, root_dir=tmp_path / "single")
     tile(single)
     shards = tmp_path / "shards"
-    sharded = ("tiling.stage=tile", "tiling.num_shards=2")
-    first = tile(tiling_cfg(dataset.root, *sharded, "tiling.shard_index=0", root_dir=shards))
+    sharded = ("tiling.run.stage=tile", "tiling.run.num_shards=2")
+    first = tile(tiling_cfg(dataset.root, *sharded, "tiling.run.shard_index=0", root_dir=shards))
     assert first["slides"] == 3 and "manifest" not in first
     out = Path(first["out_dir"])
     assert (out / "status.shard0of2.csv").is_file()
     finished = sorted(p.stem for p in (Path(first["slides_dir"]) / "slides").glob("*.json"))
     assert finished == ["normal_001", "normal_003", "tumor_002"]  # every second slide
 
-    merge = tiling_cfg(dataset.root, "tiling.stage=merge", "tiling.num_shards=2", root_dir=shards)
+    merge = tiling_cfg(dataset.root, "tiling.run.stage=merge", "tiling.run.num_shards=2", root_dir=shards)
     with pytest.raises(ManifestError, match=r"3 slide\(s\) not tiled .*remaining shards first"):
         tile(merge)
     assert not (out / "manifest.csv").exists()
     assert (pd.read_csv(out / "status.csv")["status"] == "pending").sum() == 3
 
-    tile(tiling_cfg(dataset.root, *sharded, "tiling.shard_index=1", root_dir=shards))
+    tile(tiling_cfg(dataset.root, *sharded, "tiling.run.shard_index=1", root_dir=shards))
     assert "manifest" in tile(merge)
     assert (out / "manifest.csv").read_bytes() == manifest_bytes(single)
     assert (pd.read_csv(out / "status.csv")["status"] == "done").all()
@@ -320,8 +322,8 @@ def test_shards_then_merge_equal_one_run(dataset, tiling_cfg, tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["tiling.stage=everything"], "tiling.stage must be all, tile or merge"),
-        (["tiling.num_shards=2", "tiling.shard_index=2"], r"shard_index=2 must be in \[0, num"),
+        (["tiling.run.stage=everything"], "tiling.run.stage must be all, tile or merge"),
+        (["tiling.run.num_shards=2", "tiling.run.shard_index=2"], r"shard_index=2 must be in \[0, num"),
         (["+tiling.nonexistent=1"], r"unknown key\(s\) \['nonexistent'\] in tiling;"),
         (["+tiling.tissue.radius=3"], r"unknown key\(s\) \['radius'\] in tiling.tissue;"),
         (["+tiling.sampling.per_class=3"], r"unknown key\(s\) \['per_class'\] in tiling.sampling;"),
@@ -381,7 +383,7 @@ def add_bad_slides(data: Path) -> dict[str, Path]:
 def test_bad_slides_fail_alone_and_are_recorded(dataset, tiling_cfg, tmp_path):
     data = shutil.copytree(dataset.root, tmp_path / "data")
     named = add_bad_slides(data)
-    cfg = tiling_cfg(data, "tiling.target_mpp=0.5", "tiling.workers=2")
+    cfg = tiling_cfg(data, "tiling.grid.target_mpp=0.5", "tiling.run.workers=2")
     result = tile(cfg)
     assert (result["done"], result["failed"]) == (6, len(BAD_SLIDES))
 
@@ -419,8 +421,8 @@ def test_slide_broken_after_tiling_leaves_no_stale_output(dataset, tiling_cfg, t
 def test_strict_refuses_a_manifest_when_a_slide_failed(dataset, tiling_cfg, tmp_path):
     data = shutil.copytree(dataset.root, tmp_path / "data")
     (data / "training" / "lesion_annotations" / "tumor_003.xml").unlink()
-    cfg = tiling_cfg(data, "tiling.strict=true")
-    with pytest.raises(ManifestError, match=r"1 slide\(s\) failed and tiling.strict is set"):
+    cfg = tiling_cfg(data, "tiling.run.strict=true")
+    with pytest.raises(ManifestError, match=r"1 slide\(s\) failed and tiling.run.strict is set"):
         tile(cfg)
     assert not (out_dir(cfg) / "manifest.csv").exists()
     assert status_table(cfg).loc["tumor_003", "status"] == "failed"
@@ -508,7 +510,7 @@ def test_run_task_turns_a_user_error_into_one_line_and_exit_2(caplog):
 def test_cli_user_error_is_one_line_and_exit_2(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
-    done = run_cli(tmp_path, "data=camelyon16", f"data.root={empty}", "tiling.progress=false")
+    done = run_cli(tmp_path, "data=camelyon16", f"data.root={empty}", "tiling.run.progress=false")
     assert done.returncode == 2, done.stderr
     output = done.stdout + done.stderr
     assert f"{empty}: no slides found" in output
@@ -520,7 +522,7 @@ def test_tiling_configs_keep_their_own_manifests_and_share_equal_slide_results(d
     with the same per-slide parameters (paper) reuses them."""
     default = tiling_cfg(dataset.root)
     assert tile(default)["done"] == 6
-    overlap = tiling_cfg(dataset.root, "tiling.name=overlap", "tiling.stride=32")
+    overlap = tiling_cfg(dataset.root, "tiling.name=overlap", "tiling.grid.stride=32")
     assert tile(overlap)["done"] == 6  # other per-slide parameters: results of its own
     assert tile(default)["skipped"] == 6  # ... which left the default's intact
     assert tile(tiling_cfg(dataset.root, "tiling=paper"))["skipped"] == 6  # same tiles: shared

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vistumor.tissue import TissueParams, remove_small, saturation_threshold, tissue_mask
+from vistumor.tiling.tissue import TissueParams, remove_small, saturation_threshold, tissue_mask
 
 H, W = 120, 160
 PARAMS = TissueParams(downsample=1, min_area=64)

@@ -21,12 +21,12 @@ from conftest import PROJECT, compose_train, copy_tiled, train_overrides
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig
 
-from vistumor import compare, tracking
-from vistumor.classifier import PatchClassifier
 from vistumor.cli import run_task
-from vistumor.datamodule import PatchDataModule
+from vistumor.data.datamodule import PatchDataModule
+from vistumor.data.features import FeatureDataset
 from vistumor.errors import ConfigError, ManifestError
-from vistumor.features import FeatureDataset
+from vistumor.model.classifier import PatchClassifier
+from vistumor.runs import compare, tracking
 from vistumor.tasks import training
 
 HEAD = ("net.fc.",)
@@ -55,29 +55,20 @@ class Run:
 
 
 def run_train(cfg: DictConfig, hooked: str = "layer4") -> Run:
-    """``train(cfg)``, keeping the model (with a forward hook on ``net.<hooked>``) and datamodule."""
-    built: dict = {}
+    """``train(cfg)`` on a model (with a forward hook on ``net.<hooked>``) and datamodule
+    built here, kept for inspection."""
     calls: list = []
-    build_model, build_datamodule = training.build_model, training.build_datamodule
+    training.seed(cfg)  # as train() does before it builds: the head starts from the seed
+    model = training.build_model(cfg, training.manifest_path_of(cfg))
+    initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
-    def capture_model(cfg_):
-        model = built["model"] = build_model(cfg_)
-        built["initial"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        def hook(module, args, out):
-            calls.append((model.training, out.requires_grad, module.training, len(out)))
+    def hook(module, args, out):
+        calls.append((model.training, out.requires_grad, module.training, len(out)))
 
-        model.net.get_submodule(hooked).register_forward_hook(hook)
-        return model
-
-    def capture_datamodule(cfg_, input_size):
-        built["dm"] = build_datamodule(cfg_, input_size)
-        return built["dm"]
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(training, "build_model", capture_model)
-        mp.setattr(training, "build_datamodule", capture_datamodule)
-        result = training.train(cfg)
-    return Run(cfg, result, built["model"], built["dm"], built["initial"], calls)
+    model.net.get_submodule(hooked).register_forward_hook(hook)
+    dm = training.build_datamodule(cfg, model.input_size)
+    result = training.train(cfg, model, dm)
+    return Run(cfg, result, model, dm, initial, calls)
 
 
 def is_head(key: str) -> bool:
@@ -116,7 +107,7 @@ def test_two_epochs_write_every_artifact(run2, tiled):
         {"last.ckpt", Path(result["best_ckpt"]).name})
 
     predictions = pd.read_csv(out / "predictions.csv", dtype={"slide_id": str})
-    expected = run2.dm.load().split("test")
+    expected = run2.dm.source.manifest.split("test")
     assert sorted(zip(predictions.slide_id, predictions.x0, predictions.y0, predictions.label, strict=True)) \
         == sorted(zip(expected.slide_id, expected.x0, expected.y0, expected.label, strict=True))
     assert (predictions["pred"] == (predictions["prob"] >= 0.5)).all()
@@ -198,7 +189,7 @@ def test_training_the_whole_network_changes_the_trunk(train_cfg):
 def test_feature_cache_runs_the_trunk_once_per_patch_and_variant(train_cfg):
     cfg = train_cfg("callbacks=feature_cache", "callbacks.feature_cache.variants=2")
     run = run_train(cfg, hooked="conv1")
-    train, val = run.dm.datasets["train"], run.dm.datasets["val"]
+    train, val = run.dm.served["train"], run.dm.served["val"]
     assert isinstance(train, FeatureDataset) and isinstance(val, FeatureDataset)
     assert train.features.shape == (10, 2, 96) and val.features.shape == (10, 1, 96)
     # extraction (eval mode): 10 train patches x 2 variants + 10 val; then 10 test patches;
@@ -206,7 +197,7 @@ def test_feature_cache_runs_the_trunk_once_per_patch_and_variant(train_cfg):
     assert sum(n for training_, *_, n in run.calls if training_) == 0
     assert sum(n for *_, n in run.calls) == 10 * 2 + 10 + 10
     # variant 0 is the patch as evaluated: the features the model computes from its pixels
-    source = train.source
+    source = run.dm.dataset("train")  # the image dataset stays what it was
     assert source.state.transform is not None  # the train split augments: read it without
     transform, source.state.transform = source.state.transform, None
     try:
@@ -238,8 +229,9 @@ def assert_nothing_written(cfg: DictConfig) -> None:
     [
         (["model.backbone=resnet5"], ConfigError, "unknown backbone 'resnet5'; did you mean .*resnet50"),
         (["model.pretrained=true"], ConfigError, "weights are not available.*model.weights_path"),
-        (["tiling.min_tissue_fraction=0.5"], ManifestError,
-         "manifest.csv: made with other parameters.*tiling.min_tissue_fraction: manifest 0.6 vs config 0.5"),
+        (["tiling.grid.min_tissue_fraction=0.5"], ManifestError,
+         "manifest.csv: made with other parameters.*"
+         "tiling.grid.min_tissue_fraction: manifest 0.6 vs config 0.5"),
         (["data.datamodule.batch_size=11"], ConfigError, "batch_size=11 is larger than the 10 training"),
         (["trainer=directml"], ConfigError, "trainer.accelerator=directml needs torch-directml"),
     ],
@@ -262,7 +254,7 @@ def test_entry_script_reports_a_model_error_in_one_line(train_cfg, caplog):
 
 def test_missing_manifest_is_named(train_cfg, tmp_path):
     missing = tmp_path / "elsewhere" / "manifest.csv"
-    cfg = train_cfg(f"data.datamodule.manifest_path={missing}")
+    cfg = train_cfg(f"data.datamodule.source.manifest_path={missing}")
     with pytest.raises(ManifestError, match=f"{missing}: manifest not found"):
         training.train(cfg)
     assert_nothing_written(cfg)
@@ -366,7 +358,7 @@ def test_comparison_table_of_finished_runs(tmp_path):
 
 def test_compare_cli_on_an_empty_folder_fails(tmp_path):
     assert compare.main([str(tmp_path / "nowhere")]) == 2
-    done = subprocess.run([sys.executable, "-m", "vistumor.compare", str(tmp_path)], capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "vistumor.runs.compare", str(tmp_path)], capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 1
     assert f"{tmp_path}: no finished runs" in done.stderr

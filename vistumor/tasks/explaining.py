@@ -1,8 +1,15 @@
-"""The explanation task: checkpoints + patches -> figure, per-patch scores, summary."""
+"""The explanation task, as its steps: select -> predict -> maps -> score -> write.
+
+Checkpoints are explained on the same patches (read once per input size): the patches
+come from the manifest the first model was trained on (or a patch folder), the figure
+shows them by the first model's outcome, and every candidate tumor patch with a known
+mask gets localization scores.
+"""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,44 +18,31 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from vistumor import explanations, localization, metrics
-from vistumor.cam import CAM_METHODS, Explainer, find_target_layer
+from vistumor.data.images import ImagePatchDataset, image_samples
+from vistumor.data.patches import PatchDataset, read_items
 from vistumor.errors import ConfigError
-from vistumor.explanations import CATEGORIES
+from vistumor.explain import localization, report, selection
+from vistumor.explain.layers import find_target_layer, network
+from vistumor.explain.methods import CAM_METHODS, check_methods, explainer
+from vistumor.explain.sanity import randomization_check
 from vistumor.files import atomic_path, write_json
-from vistumor.manifest import Manifest, load_manifest
-from vistumor.patches import ImagePatchDataset, PatchDataset, image_samples, read_items
+from vistumor.labels import OUTCOMES, TUMOR
+from vistumor.model.checkpoints import load_classifier
+from vistumor.model.devices import inference_device
+from vistumor.model.inference import tumor_probability
 from vistumor.tasks.config import plain
+from vistumor.tiling.manifest import load_manifest
 
 log = logging.getLogger(__name__)
 
 
-def _manifest(cfg: DictConfig, model) -> Manifest:
-    """The manifest to explain on: ``select.manifest``, else the one the (first) model was
-    trained on, else the data config's. Loaded and checked once; never tiled here."""
-    path = (cfg.select.get("manifest") or model.hparams.get("manifest_path")
-            or cfg.data.datamodule.get("manifest_path"))
-    if not path:
-        raise ConfigError("no manifest to explain on: set select.manifest or select.patch_source")
-    manifest = load_manifest(path)
-    manifest.verify_slides()
-    return manifest
+@dataclass
+class Patches:
+    """The candidate patches: where they are, their labels, and their pixels per input size."""
 
-
-def _datasets(cfg: DictConfig, models: list, split: str) -> dict[int, Any]:
-    """One unaugmented dataset per input size, with masks, over the same patches."""
-    sizes = sorted({m.input_size for m in models})
-    source = cfg.select.get("patch_source")
-    if source:
-        samples = image_samples(source)
-        return {size: ImagePatchDataset(samples, size) for size in sizes}
-    manifest = _manifest(cfg, models[0])
-    table = manifest.split(split)
-    if table.empty:
-        raise ConfigError(f"empty selection: split '{split}' has no patches", manifest.path)
-    groups = plain(cfg.data.annotation_groups)
-    return {size: PatchDataset(table, size, None, manifest.annotations, groups, cfg.data.get("mpp"))
-            for size in sizes}
+    places: list[tuple[str, int, int]]
+    labels: np.ndarray
+    pixels: dict[int, tuple[torch.Tensor, np.ndarray, np.ndarray]]  # size -> images, masks, known
 
 
 def explain(cfg: DictConfig) -> dict[str, Any]:
@@ -57,117 +51,152 @@ def explain(cfg: DictConfig) -> dict[str, Any]:
     Returns:
         The summary (also ``summary.json`` in the run folder).
     """
+    methods = check_methods(list(cfg.methods))
+    models = load_models(cfg, methods)
+    names = report.unique_names([m.hparams.backbone for m in models])
+    patches = select(cfg, models)
+    probs = {n: tumor_probability(m, patches.pixels[m.input_size][0], cfg.batch_size)
+             for n, m in zip(names, models, strict=True)}
+    threshold = float(models[0].hparams.threshold)
+    shown = choose_shown(cfg.select, patches, probs[names[0]], threshold)
+    score_method = next((m for m in methods if m in CAM_METHODS), methods[0])
+    maps, tables, summary = {}, [], {"models": {}, "methods": methods, "split": cfg.select.split,
+                                     "candidates": len(patches.labels), "shown": len(shown)}
+    for name, model in zip(names, models, strict=True):
+        maps[name], cams = explanation_maps(cfg, model, patches, shown, methods, score_method)
+        table = score(cfg, name, patches, probs[name], threshold, cams, model.input_size)
+        tables.append(table)
+        summary["models"][name] = report.model_summary(model.checkpoint_path, model.input_size, table,
+                                                       score_method)
+        if cfg.sanity_check:
+            images = patches.pixels[model.input_size][0][shown]
+            summary["models"][name]["randomization"] = randomization_check(
+                model, images, maps[name], cfg.target_layer, cfg.fast, cfg.batch_size, cfg.seed)
+    return write(Path(cfg.paths.output_dir), patches, shown, names, models, maps, probs, threshold,
+                 tables, summary, cfg.select.split)
+
+
+# -- steps ------------------------------------------------------------------------------------
+
+
+def load_models(cfg: DictConfig, methods: list[str]) -> list:
+    """The checkpoints of ``ckpt_path`` (one or a list) on the configured device; a named
+    target layer is checked before any patch is read."""
     given = None if OmegaConf.is_missing(cfg, "ckpt_path") else cfg.ckpt_path
-    ckpts = [given] if isinstance(given, str) else list(given or [])
-    if not ckpts:
+    paths = [given] if isinstance(given, str) else list(given or [])
+    if not paths:
         raise ConfigError("give ckpt_path=<checkpoint> (or a list to compare models)")
-    methods = explanations.check_methods(list(cfg.methods))
-    device = "cuda" if cfg.device == "auto" and torch.cuda.is_available() else (
-        "cpu" if cfg.device == "auto" else cfg.device)
-    models = [explanations.load_classifier(p, device) for p in ckpts]
+    device = inference_device(cfg.device)
+    models = [load_classifier(p, device) for p in paths]
     if cfg.target_layer is not None and any(m in CAM_METHODS for m in methods):
-        for model in models:  # before any patch is read
-            find_target_layer(model.net, cfg.target_layer)
-    names = _unique([m.hparams.backbone for m in models])
-    sel, out_dir = cfg.select, Path(cfg.paths.output_dir)
-    datasets = _datasets(cfg, models, sel.split)
-    reference = datasets[models[0].input_size]
-    candidates = np.arange(len(reference.labels))
+        for model in models:
+            find_target_layer(network(model), cfg.target_layer)
+    return models
+
+
+def select(cfg: DictConfig, models: list) -> Patches:
+    """The candidate patches (by slide, by coordinates, or all of the split; a seeded subset
+    of at most ``select.max_patches``), read once per input size, unaugmented, with masks."""
+    sel = cfg.select
+    datasets = patch_datasets(cfg, models)
+    reference = next(iter(datasets.values()))
+    n = len(reference.labels)
     if sel.get("coordinates"):
-        candidates = np.array(explanations.select_by_coordinates(
-            reference.describe, len(candidates), plain(sel.coordinates)))
+        candidates = np.array(selection.select_by_coordinates(reference.describe, n, plain(sel.coordinates)))
     elif sel.get("slides"):
-        wanted = {str(s) for s in sel.slides}
-        candidates = np.array([i for i in candidates if reference.describe(i)[0] in wanted])
-    if len(candidates) > sel.max_patches:
-        rng = np.random.default_rng(cfg.seed)
-        candidates = np.sort(rng.choice(candidates, sel.max_patches, replace=False))
+        candidates = np.array(selection.select_by_slides(reference.describe, n, list(sel.slides)), dtype=int)
+    else:
+        candidates = np.arange(n)
+    candidates = selection.subsample(candidates, sel.max_patches, cfg.seed)
     if not len(candidates):
         raise ConfigError(f"empty selection: no patches in split '{sel.split}' match explain.select")
-    labels = np.asarray(reference.labels)[candidates]
-    pixels = {size: read_items(ds, candidates) for size, ds in datasets.items()}
-    probs = {n: explanations.predict(m, pixels[m.input_size][0]) for n, m in zip(names, models, strict=True)}
-    threshold = float(models[0].hparams.threshold)
+    return Patches(places=[reference.describe(int(i)) for i in candidates],
+                   labels=np.asarray(reference.labels)[candidates],
+                   pixels={size: read_items(ds, candidates) for size, ds in datasets.items()})
+
+
+def patch_datasets(cfg: DictConfig, models: list) -> dict[int, Any]:
+    """One unaugmented dataset with masks per input size, over the same patches: a patch
+    folder (``select.patch_source``) or a manifest split, never re-tiled."""
+    sizes = sorted({m.input_size for m in models})
+    source = cfg.select.get("patch_source")
+    if source:
+        samples = image_samples(source)
+        return {size: ImagePatchDataset(samples, size) for size in sizes}
+    path = (cfg.select.get("manifest") or models[0].hparams.get("manifest_path")
+            or cfg.data.datamodule.source.get("manifest_path"))
+    if not path:
+        raise ConfigError("no manifest to explain on: set select.manifest or select.patch_source")
+    manifest = load_manifest(path)
+    manifest.verify_slides()
+    table = manifest.split(cfg.select.split)
+    if table.empty:
+        raise ConfigError(f"empty selection: split '{cfg.select.split}' has no patches", manifest.path)
+    groups = plain(cfg.data.annotation_groups)
+    return {size: PatchDataset(table, size, None, manifest.annotations, groups, cfg.data.get("mpp"),
+                               mpp_override=cfg.data.get("mpp_override", "missing"))
+            for size in sizes}
+
+
+def choose_shown(sel: DictConfig, patches: Patches, prob: np.ndarray, threshold: float) -> list[int]:
+    """The patches the figure shows: by the first model's outcome, most confident first, or
+    (for slide or coordinate selections) the selection itself."""
     if sel.get("coordinates") or sel.get("slides"):
-        shown = list(range(len(candidates)))[: sel.per_kind * len(CATEGORIES)]
+        shown = list(range(len(patches.labels)))[: sel.per_kind * len(OUTCOMES)]
     else:
-        shown = explanations.select_by_outcome(labels, probs[names[0]], threshold, list(sel.kinds),
-                                               sel.per_kind)
+        shown = selection.select_by_outcome(patches.labels, prob, threshold, list(sel.kinds), sel.per_kind)
     if not shown:
-        raise ConfigError(f"empty selection: no {list(sel.kinds)} patches among {len(candidates)} candidates")
-    score_method = next((m for m in methods if m in CAM_METHODS), methods[0])
-    tables, maps, summary = [], {}, {"models": {}, "methods": methods, "split": sel.split,
-                                       "candidates": int(len(candidates)), "shown": len(shown)}
-    for name, model in zip(names, models, strict=True):
-        images, masks, known = pixels[model.input_size]
-        explainers = {m: Explainer(model, m, cfg.target_layer, fast=cfg.fast, batch_size=cfg.batch_size)
-                      for m in methods}
-        scored = np.flatnonzero((labels == 1) & known)
-        if not len(scored):
-            log.warning("no annotated tumor patches to score: localization scores skipped")
-        # the scoring method's maps once, for the shown and the scored patches together
-        need = np.union1d(np.asarray(shown, dtype=int), scored)
-        row = {int(i): j for j, i in enumerate(need)}
-        score_maps = explainers[score_method](images[need], targets=1).numpy()
-        maps[name] = {
-            m: score_maps[[row[i] for i in shown]] if m == score_method
-            else explainers[m](images[shown], targets=1).numpy()
-            for m in methods
-        }
-        cams = None
-        if len(scored):
-            cams = np.zeros((len(candidates), *images.shape[-2:]), np.float32)
-            cams[scored] = score_maps[[row[int(i)] for i in scored]]
-        table = explanations.score_table(name, reference.describe, candidates, labels, probs[name],
-                                         threshold, cams, masks, known, cfg.scores.threshold,
-                                         cfg.scores.tolerance)
-        tables.append(table)
-        summary["models"][name] = _model_summary(model, table, score_method)
-        if cfg.sanity_check:
-            summary["models"][name]["randomization"] = _sanity(cfg, model, images[shown], methods,
-                                                                maps[name])
-    first_images, first_masks, first_known = pixels[models[0].input_size]
-    cats = explanations.categories(labels, (probs[names[0]] >= threshold).astype(int))
-    fig = explanations.figure(out_dir / "explanations.png", first_images[shown], first_masks[shown],
-                              first_known[shown], labels[shown], names,
-                              maps, {n: p[shown] for n, p in probs.items()}, cats[shown], threshold,
-                              title=f"split {sel.split}: {', '.join(names)}")
+        raise ConfigError(f"empty selection: no {list(sel.kinds)} patches among "
+                          f"{len(patches.labels)} candidates")
+    return shown
+
+
+def explanation_maps(
+    cfg: DictConfig, model, patches: Patches, shown: list[int], methods: list[str], score_method: str,
+) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """Each method's maps of the shown patches, and the scoring method's maps of every
+    scorable patch (annotated tumor; None when there is none). The scoring method runs once
+    over the shown and scorable patches together."""
+    images, _, known = patches.pixels[model.input_size]
+    scored = selection.tumor_indices(patches.labels, known)
+    if not len(scored):
+        log.warning("no annotated tumor patches to score: localization scores skipped")
+    need = np.union1d(np.asarray(shown, dtype=int), scored)
+    row = {int(i): j for j, i in enumerate(need)}
+    run = {m: explainer(model, m, cfg.target_layer, cfg.fast, cfg.batch_size) for m in methods}
+    score_maps = run[score_method](images[need], TUMOR).numpy()
+    maps = {m: score_maps[[row[i] for i in shown]] if m == score_method
+            else run[m](images[shown], TUMOR).numpy() for m in methods}
+    cams = None
+    if len(scored):
+        cams = np.zeros((len(patches.labels), *images.shape[-2:]), np.float32)
+        cams[scored] = score_maps[[row[int(i)] for i in scored]]
+    return maps, cams
+
+
+def score(cfg: DictConfig, name: str, patches: Patches, prob: np.ndarray, threshold: float,
+          cams: np.ndarray | None, size: int) -> pd.DataFrame:
+    """The per-patch table of one model: outcome and localization scores."""
+    _, masks, known = patches.pixels[size]
+    per_patch: list = [None] * len(patches.labels)
+    if cams is not None:
+        usable = known & (patches.labels == TUMOR)
+        per_patch = localization.batch_scores(cams, masks, usable, cfg.scores.cam_threshold,
+                                              cfg.scores.tolerance)
+    return report.score_table(name, patches.places, patches.labels, prob, threshold, per_patch)
+
+
+def write(out_dir: Path, patches: Patches, shown: list[int], names: list[str], models: list,
+          maps: dict, probs: dict, threshold: float, tables: list[pd.DataFrame], summary: dict,
+          split: str) -> dict[str, Any]:
+    """``explanations.png``, ``scores.csv`` and ``summary.json``; returns the summary."""
+    images, masks, known = patches.pixels[models[0].input_size]
+    fig = report.figure(out_dir / "explanations.png", images[shown], masks[shown], known[shown],
+                        patches.labels[shown], names, maps, {n: p[shown] for n, p in probs.items()},
+                        threshold, title=f"split {split}: {', '.join(names)}")
     with atomic_path(out_dir / "scores.csv") as tmp:
         pd.concat(tables, ignore_index=True).to_csv(tmp, index=False)
     summary.update(figure=str(fig), scores=str(out_dir / "scores.csv"))
     write_json(out_dir / "summary.json", summary)
     log.info("explanations written to %s (explanations.png, scores.csv, summary.json)", out_dir)
     return summary
-
-
-def _unique(names: list[str]) -> list[str]:
-    seen: dict[str, int] = {}
-    out = []
-    for name in names:
-        seen[name] = seen.get(name, 0) + 1
-        out.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
-    return out
-
-
-def _model_summary(model, table: pd.DataFrame, score_method: str) -> dict[str, Any]:
-    counts = table["outcome"].value_counts().to_dict()
-    tp, fp, tn, fn = (counts.get(k, 0) for k in ("tp", "fp", "tn", "fn"))
-    summary = {"checkpoint": model.checkpoint_path, "image_size": model.input_size,
-               **{k: round(v, 6) for k, v in metrics.rates(tp, fp, tn, fn).items()},
-               "outcomes": {k: int(v) for k, v in counts.items()}, "score_method": score_method}
-    scored = table.dropna(subset=[f"cam_{name}" for name in localization.NAMES], how="all")
-    summary["scored_patches"] = int(len(scored))
-    for name in localization.NAMES:
-        values = scored[f"cam_{name}"].dropna()
-        summary[f"cam_{name}"] = round(float(values.mean()), 6) if len(values) else None
-    return summary
-
-
-def _sanity(cfg, model, images, methods, maps) -> dict[str, float | None]:
-    """Model-randomisation check: rank correlation of trained vs randomised maps (None where
-    every map is flat and the correlation undefined: ``summary.json`` stays strict JSON)."""
-    random_model = explanations.randomized(model, cfg.seed)
-    random_maps = explanations.explain_maps(random_model, images, methods, cfg.target_layer,
-                                            cfg.fast, cfg.batch_size)
-    similarity = {m: explanations.rank_similarity(maps[m], random_maps[m]) for m in methods}
-    return {m: round(v, 4) if np.isfinite(v) else None for m, v in similarity.items()}

@@ -8,20 +8,20 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from vistumor import catalog, synthetic
+from vistumor import synthetic
 from vistumor.errors import ConfigError
-from vistumor.sampling import SamplingParams, SplitParams
-from vistumor.slide_jobs import TilingParams, run_slides
 from vistumor.tasks.config import build, plain
-from vistumor.tiling import manifest_spec, merge, write_status_table
-from vistumor.tissue import TissueParams
+from vistumor.tiling import catalog
+from vistumor.tiling.jobs import RunParams, run_slides
+from vistumor.tiling.merge import manifest_spec, merge, write_status_table
+from vistumor.tiling.params import GridParams, LabelParams, TilingParams
+from vistumor.tiling.sampling import SamplingParams, SplitParams
+from vistumor.tiling.tissue import TissueParams
 
 log = logging.getLogger(__name__)
 
-_TILING_RUN_KEYS = {
-    "name", "out_dir", "slides_dir", "sampling", "split", "seed", "workers", "shard_index",
-    "num_shards", "stage", "strict", "progress",
-}
+#: the keys of ``tiling``: where results go, each concern's group, and the seed
+KEYS = ("name", "out_dir", "slides_dir", "grid", "tissue", "labels", "sampling", "split", "seed", "run")
 
 
 # -- data -----------------------------------------------------------------------------------
@@ -42,16 +42,24 @@ def slide_records(data: DictConfig) -> list[catalog.SlideRecord]:
     return catalog.find_slides(root, layout["slides"], layout.get("annotation_dir"))
 
 
-# -- tiling ---------------------------------------------------------------------------------
+# -- parameters -----------------------------------------------------------------------------
 
 
 def tiling_params(cfg: DictConfig) -> TilingParams:
-    """Per-slide tiling parameters from ``cfg.tiling`` and the dataset's ``mpp`` and groups."""
-    values = {k: v for k, v in plain(cfg.tiling).items() if k not in _TILING_RUN_KEYS}
-    values["tissue"] = build(TissueParams, values.get("tissue", {}), "tiling.tissue")
-    values["mpp"] = cfg.data.get("mpp")
-    values["annotation_groups"] = plain(cfg.data.annotation_groups)
-    return build(TilingParams, values, "tiling")
+    """Per-slide tiling parameters: ``tiling.grid``, ``.tissue``, ``.labels`` and the
+    dataset's ``mpp`` and annotation groups."""
+    t = cfg.tiling
+    unknown = sorted(set(t) - set(KEYS))
+    if unknown:
+        raise ConfigError(f"unknown key(s) {unknown} in tiling; known: {list(KEYS)}")
+    labels = {**plain(t.labels), "annotation_groups": plain(cfg.data.annotation_groups)}
+    return TilingParams(
+        grid=build(GridParams, plain(t.grid), "tiling.grid"),
+        tissue=build(TissueParams, plain(t.tissue), "tiling.tissue"),
+        labels=build(LabelParams, labels, "tiling.labels"),
+        mpp=cfg.data.get("mpp"),
+        mpp_override=cfg.data.get("mpp_override", "missing"),
+    )
 
 
 def slide_results_dir(cfg: DictConfig, params: TilingParams) -> Path:
@@ -69,36 +77,38 @@ def spec(cfg: DictConfig) -> dict:
     return manifest_spec(tiling_params(cfg), *sampling_and_split(cfg), cfg.tiling.seed)
 
 
+# -- the task -------------------------------------------------------------------------------
+
+
 def tile(cfg: DictConfig) -> dict:
     """Tile the dataset's slides (this shard's) and, unless sharded, build the manifest.
 
     Returns:
         ``out_dir``, counts of done / skipped / failed slides, and ``manifest`` when written.
     """
-    t = cfg.tiling
-    if t.stage not in ("all", "tile", "merge"):
-        raise ConfigError(f"tiling.stage must be all, tile or merge, got {t.stage!r}")
+    run = build(RunParams, plain(cfg.tiling.run), "tiling.run")
     params = tiling_params(cfg)
     sampling, split = sampling_and_split(cfg)
     records = slide_records(cfg.data)
-    mine = catalog.shard(records, t.shard_index, t.num_shards)
-    out_dir = Path(t.out_dir)
+    mine = catalog.shard(records, run.shard_index, run.num_shards)
+    out_dir = Path(cfg.tiling.out_dir)
     store_dir = slide_results_dir(cfg, params)
     summary: dict[str, Any] = {"out_dir": str(out_dir), "slides_dir": str(store_dir), "slides": len(mine)}
     statuses = None
-    if t.stage in ("all", "tile"):
-        log.info("tiling %d slide(s) into %s with %d worker(s)", len(mine), store_dir, t.workers)
-        statuses = run_slides(mine, params, store_dir, workers=t.workers, progress=t.progress)
+    if run.stage in ("all", "tile"):
+        log.info("tiling %d slide(s) into %s with %d worker(s)", len(mine), store_dir, run.workers)
+        statuses = run_slides(mine, params, store_dir, workers=run.workers, progress=run.progress,
+                              checksum_mode=run.checksum)
         for name in ("done", "skipped", "failed"):
             summary[name] = sum(s["status"] == name for s in statuses)
-        name = "status.csv" if t.num_shards == 1 else f"status.shard{t.shard_index}of{t.num_shards}.csv"
+        name = "status.csv" if run.num_shards == 1 else f"status.shard{run.shard_index}of{run.num_shards}.csv"
         summary["status_csv"] = str(write_status_table(out_dir, statuses, name))
-    if t.stage == "merge" or (t.stage == "all" and t.num_shards == 1):
+    if run.stage == "merge" or (run.stage == "all" and run.num_shards == 1):
         summary["manifest"] = str(
-            merge(records, params, sampling, split, t.seed, out_dir, statuses, t.strict, store_dir)
+            merge(records, params, sampling, split, cfg.tiling.seed, out_dir, statuses, run.strict, store_dir)
         )
         summary["status_csv"] = str(out_dir / "status.csv")
-    elif t.num_shards > 1:
-        log.info("shard %d/%d done: run tiling.stage=merge once every shard has finished",
-                 t.shard_index, t.num_shards)
+    elif run.num_shards > 1:
+        log.info("shard %d/%d done: run tiling.run.stage=merge once every shard has finished",
+                 run.shard_index, run.num_shards)
     return summary

@@ -15,14 +15,18 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from vistumor import devices, manifest, metrics, tracking
-from vistumor.callbacks import Throughput
-from vistumor.classifier import PatchClassifier
-from vistumor.datamodule import PatchDataModule
+from vistumor.data.datamodule import PatchDataModule
 from vistumor.errors import VisTumorError
 from vistumor.files import atomic_path, write_json
+from vistumor.labels import confusion_counts, predict
+from vistumor.model import devices
+from vistumor.model.checkpoints import check_compatible
+from vistumor.model.classifier import PatchClassifier
+from vistumor.runs import figures, tracking
+from vistumor.runs.callbacks import Throughput
 from vistumor.tasks import tiling as tiling_task
 from vistumor.tasks.config import plain
+from vistumor.tiling import manifest
 
 log = logging.getLogger(__name__)
 
@@ -30,29 +34,31 @@ log = logging.getLogger(__name__)
 # -- training -------------------------------------------------------------------------------
 
 
-def ensure_manifest(cfg: DictConfig, spec: Mapping[str, Any]) -> Path:
+def ensure_manifest(cfg: DictConfig, path: str | Path, spec: Mapping[str, Any]) -> Path:
     """The manifest the config asks for (``spec``); tiled first when missing or made with
     another spec and ``data.tile_if_missing`` (per-slide results are reused: usually only
     the cheap merge reruns)."""
-    path = Path(cfg.data.datamodule.manifest_path)
+    path = Path(path)
     if cfg.data.get("tile_if_missing") and not manifest.is_current(path, spec):
         log.info("no current manifest at %s: tiling first", path)
         tiling_task.tile(cfg)
     return path
 
 
-def build_datamodule(cfg: DictConfig, input_size: int) -> PatchDataModule:
-    """The configured datamodule, told what the manifest must match and the model's input size."""
+def build_datamodule(cfg: DictConfig, image_size: int) -> PatchDataModule:
+    """The configured datamodule at the model's input size; a manifest source is told the
+    spec its manifest must match (and the manifest is made first when it may be)."""
     node = cfg.data.datamodule
-    extra: dict[str, Any] = {"augment": plain(cfg.get("augment")) or {}}
-    if node.get("manifest_path"):
+    source_node = node.source
+    extra: dict[str, Any] = {}
+    if "manifest_path" in source_node:
         spec = tiling_task.spec(cfg)
-        ensure_manifest(cfg, spec)
-        extra.update(spec=spec, annotation_groups=plain(cfg.data.annotation_groups),
-                     mpp=cfg.data.get("mpp"))
-    dm = instantiate_node(node, **extra, _convert_="all")
-    dm.use_model_input(input_size)
-    return dm
+        ensure_manifest(cfg, source_node.manifest_path, spec)
+        extra = {"spec": spec, "annotation_groups": plain(cfg.data.annotation_groups),
+                 "mpp": cfg.data.get("mpp"), "mpp_override": cfg.data.get("mpp_override", "missing")}
+    source = instantiate_node(source_node, **extra, _convert_="all")
+    return instantiate_node(node, source=source, image_size=image_size,
+                            augment=plain(cfg.get("augment")) or {}, _convert_="all")
 
 
 def instantiate_node(node: Any, **kwargs: Any) -> Any:
@@ -68,8 +74,19 @@ def instantiate_node(node: Any, **kwargs: Any) -> Any:
         raise
 
 
-def build_model(cfg: DictConfig) -> PatchClassifier:
-    return instantiate_node(cfg.model, _convert_="all")
+def seed(cfg: DictConfig) -> None:
+    """Seed every generator (and the loader workers) from ``cfg.seed``, when set."""
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+
+
+def build_model(cfg: DictConfig, manifest_path: str | None = None) -> PatchClassifier:
+    """The configured classifier; its checkpoints record the manifest it is trained on."""
+    return instantiate_node(cfg.model, manifest_path=manifest_path, _convert_="all")
+
+
+def manifest_path_of(cfg: DictConfig) -> str | None:
+    return cfg.data.datamodule.source.get("manifest_path")
 
 
 def build_trainer(cfg: DictConfig, callbacks: list, loggers: list) -> L.Trainer:
@@ -79,21 +96,25 @@ def build_trainer(cfg: DictConfig, callbacks: list, loggers: list) -> L.Trainer:
                             _convert_="all")
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
+def train(
+    cfg: DictConfig, model: PatchClassifier | None = None, dm: PatchDataModule | None = None,
+) -> dict[str, Any]:
     """Fit and test a patch classifier as configured; returns the run's metrics.
 
     Writes into the run folder (``paths.output_dir``): checkpoints, CSV/W&B logs,
     ``learning_curves.png``, and at test ``confusion_matrix.png``, ``roc.png``,
     ``predictions.csv`` and ``metrics.json`` (what the sweep's comparison table reads).
+
+    Args:
+        model, dm: built already (by :func:`build_model` / :func:`build_datamodule`, e.g. to
+            inspect them after the run); default: built from ``cfg``.
     """
     start = time.perf_counter()
-    if cfg.get("seed") is not None:
-        L.seed_everything(cfg.seed, workers=True)
-    model = build_model(cfg)
-    dm = build_datamodule(cfg, model.input_size)
-    # checkpoints remember the trained input size and manifest
-    model.hparams.image_size = dm.image_size
-    model.hparams.manifest_path = str(dm.manifest_path) if dm.manifest_path else None
+    if cfg.get("ckpt_path"):  # a bad checkpoint fails before anything is built or written
+        check_compatible(cfg.ckpt_path, cfg.model.backbone)
+    seed(cfg)
+    model = model or build_model(cfg, manifest_path_of(cfg))
+    dm = dm or build_datamodule(cfg, model.input_size)
     for stage, wanted in (("fit", cfg.get("train", True)), ("test", cfg.get("test", True))):
         if wanted:  # bad data fails here, before a logger writes anything into the run folder
             dm.setup(stage)
@@ -152,14 +173,14 @@ def write_test_outputs(model: PatchClassifier, folder: Path) -> dict[str, str]:
     if not out["prob"]:
         return {}
     table = pd.DataFrame(out)
-    table["pred"] = (table["prob"] >= model.hparams.threshold).astype(int)
+    table["pred"] = predict(table["prob"].to_numpy(), model.hparams.threshold)
     with atomic_path(folder / "predictions.csv") as tmp:
         table.to_csv(tmp, index=False)
     label = table["label"].to_numpy()
-    counts = metrics.confusion_counts(table["pred"].to_numpy(), label)
+    counts = confusion_counts(label, table["pred"].to_numpy())
     name = model.hparams.backbone
-    confusion = metrics.confusion_figure(**counts, path=folder / "confusion_matrix.png", title=name)
-    roc = metrics.roc_figure(torch.tensor(table["prob"].to_numpy()), torch.tensor(label),
+    confusion = figures.confusion_figure(**counts, path=folder / "confusion_matrix.png", title=name)
+    roc = figures.roc_figure(torch.tensor(table["prob"].to_numpy()), torch.tensor(label),
                              folder / "roc.png", title=name)
     return {"predictions": str(folder / "predictions.csv"), "confusion_matrix": str(confusion),
             "roc": str(roc), **{f"test_{k}": v for k, v in counts.items()}}

@@ -1,0 +1,54 @@
+"""Explanation methods by name: the registry every stage goes through.
+
+``explainer(model, "gradcam++")`` gives a callable mapping ``uint8`` images to maps in
+``[0, 1]``; ``fast=False`` sends Grad-CAM and Grad-CAM++ through pytorch-grad-cam instead.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from vistumor.errors import ConfigError
+from vistumor.explain.base import ExplanationMethod
+from vistumor.explain.gradcam import LIBRARY_CAMS, FastGradCAM, FastGradCAMPlusPlus, LibraryCAM
+from vistumor.explain.saliency import Saliency, SmoothGrad
+
+#: methods computed on our own fast path
+FAST = {cls.name: cls for cls in (FastGradCAMPlusPlus, FastGradCAM)}
+#: CAM methods (a target layer): ours where fast, else pytorch-grad-cam's
+CAM_METHODS = tuple(LIBRARY_CAMS)
+SALIENCY = {cls.name: cls for cls in (Saliency, SmoothGrad)}
+METHODS = (*CAM_METHODS, *SALIENCY)
+
+
+def check_method(method: str) -> str:
+    if method not in METHODS:
+        raise ConfigError(f"unknown explanation method '{method}'; known: {', '.join(METHODS)}")
+    return method
+
+
+def check_methods(methods) -> list[str]:
+    if not methods:
+        raise ConfigError("explain.methods is empty")
+    return [check_method(m) for m in methods]
+
+
+def explainer(
+    model: nn.Module, method: str = "gradcam++", target_layer: str | None = None, fast: bool = True,
+    batch_size: int = 32, smooth_samples: int = 16, smooth_noise: float = 0.1,
+) -> ExplanationMethod:
+    """An explanation method for ``model``.
+
+    Args:
+        method: one of :data:`METHODS` (default Grad-CAM++).
+        target_layer: module name for CAMs; default: the last spatial feature map.
+        fast: batched on-device Grad-CAM/Grad-CAM++ instead of pytorch-grad-cam.
+        smooth_samples, smooth_noise: SmoothGrad's samples and noise (share of 0-255).
+    """
+    check_method(method)
+    if method in SALIENCY:
+        options = {"samples": smooth_samples, "noise": smooth_noise} if method == "smoothgrad" else {}
+        return SALIENCY[method](model, batch_size, **options)
+    if fast and method in FAST:
+        return FAST[method](model, target_layer, batch_size)
+    return LibraryCAM(model, method, target_layer, batch_size)
