@@ -132,7 +132,7 @@ def peak_rss_mb() -> float:
 
 def measure(kind: str, slide: Path, xml: Path, out: Path) -> dict:
     from vistumor.tiling.catalog import SlideRecord
-    from vistumor.tiling.jobs import process_slide
+    from vistumor.tiling.jobs import RunParams, process_slide
     from vistumor.tiling.params import TilingParams
     from vistumor.wsi.slide import Slide
 
@@ -143,10 +143,12 @@ def measure(kind: str, slide: Path, xml: Path, out: Path) -> dict:
             image, ds = s.thumbnail(params.tissue.downsample)
         extra = {"thumbnail": list(image.shape), "downsample": ds}
     else:
-        status = process_slide(SlideRecord(slide.stem, slide, "tumor", xml), params, out)
+        run = RunParams(verify=kind == "verify")
+        status = process_slide(SlideRecord(slide.stem, slide, "tumor", xml), params, out, run)
         if status["status"] != "done":
             raise SystemExit(status["reason"])
-        extra = {k: status[k] for k in ("n_grid", "n_tissue", "n_tumor", "n_normal", "n_ambiguous")}
+        keys = ("n_grid", "n_tissue", "n_tumor", "n_normal", "n_ambiguous", "verified_px")
+        extra = {k: status[k] for k in keys if k in status}
     seconds = time.perf_counter() - start
     peak_mb = peak_rss_mb()
     return {"kind": kind, "seconds": round(seconds, 3), "peak_rss_mb": round(peak_mb, 1), **extra}
@@ -156,7 +158,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=100_000)
     parser.add_argument("--workdir", default=None)
-    parser.add_argument("--measure", choices=["floor", "tiling"], help=argparse.SUPPRESS)
+    parser.add_argument("--measure", choices=["floor", "tiling", "verify"], help=argparse.SUPPRESS)
+    parser.add_argument("--skip-verify", action="store_true", help="do not time tiling.run.verify")
     args = parser.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="vistumor-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -172,7 +175,7 @@ def main() -> None:
         size_gib = slide.stat().st_size / 2**30
         print(f"wrote {slide} ({size_gib:.2f} GiB) in {time.perf_counter() - start:.0f} s")
     results = {}
-    for kind in ("floor", "tiling"):
+    for kind in ("floor", "tiling") + (() if args.skip_verify else ("verify",)):
         cmd = [sys.executable, __file__, "--size", str(args.size), "--workdir", str(work), "--measure", kind]
         results[kind] = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
     floor, tiling = results["floor"], results["tiling"]
@@ -181,6 +184,12 @@ def main() -> None:
           f"(peak {tiling['peak_rss_mb']:.0f} MB) vs reading the mask level alone "
           f"{floor['seconds']:.2f} s (peak {floor['peak_rss_mb']:.0f} MB): "
           f"ratio {tiling['seconds'] / floor['seconds']:.2f}")
+    if "verify" in results:
+        verify = results["verify"]
+        extra = verify["seconds"] - tiling["seconds"]
+        print(f"tiling.run.verify (decode every candidate patch once): {verify['seconds']:.2f} s, "
+              f"+{extra:.2f} s for {verify['verified_px'] / 1e9:.2f} Gpx "
+              f"({verify['verified_px'] / 1e6 / max(extra, 1e-9):.0f} Mpx/s), peak {verify['peak_rss_mb']:.0f} MB")
 
 
 if __name__ == "__main__":

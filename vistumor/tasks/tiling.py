@@ -97,8 +97,7 @@ def tile(cfg: DictConfig) -> dict:
     statuses = None
     if run.stage in ("all", "tile"):
         log.info("tiling %d slide(s) into %s with %d worker(s)", len(mine), store_dir, run.workers)
-        statuses = run_slides(mine, params, store_dir, workers=run.workers, progress=run.progress,
-                              checksum_mode=run.checksum)
+        statuses = run_slides(mine, params, store_dir, run)
         for name in ("done", "skipped", "failed"):
             summary[name] = sum(s["status"] == name for s in statuses)
         name = "status.csv" if run.num_shards == 1 else f"status.shard{run.shard_index}of{run.num_shards}.csv"

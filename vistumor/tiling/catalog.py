@@ -16,6 +16,7 @@ from vistumor.labels import CLASS_NAMES
 
 #: slide kinds: a tumor slide has lesions (and must have an annotation), a normal one none
 KINDS = CLASS_NAMES
+ANNOTATION_SUFFIXES = (".xml", ".geojson", ".json")
 
 
 @dataclass(frozen=True)
@@ -26,19 +27,21 @@ class SlideRecord:
         slide_id: file stem, unique within the dataset.
         kind: ``tumor`` (has lesions, must have an annotation) or ``normal``.
         annotation: the annotation file, or None when there is none.
+        annotation_dir: where the annotation was looked for (for messages).
     """
 
     slide_id: str
     path: Path
     kind: str
     annotation: Path | None
+    annotation_dir: Path | None = None
 
 
 def find_slides(
     root: str | Path,
     globs: Mapping[str, Sequence[str]],
     annotation_dir: str | None,
-    annotation_suffixes: Sequence[str] = (".xml", ".geojson", ".json"),
+    annotation_suffixes: Sequence[str] = ANNOTATION_SUFFIXES,
 ) -> list[SlideRecord]:
     """List the slides under ``root``, sorted by id.
 
@@ -66,7 +69,7 @@ def find_slides(
                         f"slide id '{slide_id}' is used twice: {records[slide_id].path} and {path}"
                     )
                 annotation = _annotation_for(ann_dir, slide_id, annotation_suffixes)
-                records[slide_id] = SlideRecord(slide_id, path, kind, annotation)
+                records[slide_id] = SlideRecord(slide_id, path, kind, annotation, ann_dir)
     if not records:
         patterns = {k: list(v) if not isinstance(v, str) else [v] for k, v in globs.items()}
         raise ConfigError(f"no slides found (looked for {patterns})", root)

@@ -18,20 +18,16 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from vistumor.errors import AnnotationError, ConfigError, SlideError, VisTumorError
-from vistumor.files import atomic_path, fingerprint, write_json
-from vistumor.labels import AMBIGUOUS, NORMAL, TUMOR
+from vistumor.errors import ConfigError, VisTumorError
+from vistumor.files import atomic_path, exclusive, fingerprint, remove_temporaries, write_json
 from vistumor.tiling import qc
 from vistumor.tiling.catalog import SlideRecord
-from vistumor.tiling.grid import GridSpec, box_fractions, grid_coordinates, keep_tissue, label_tiles
-from vistumor.tiling.params import GridParams, TilingParams
-from vistumor.tiling.tissue import tissue_mask
-from vistumor.wsi.annotations import TumorAnnotation, read_annotations
-from vistumor.wsi.slide import Slide
+from vistumor.tiling.params import TilingParams
+from vistumor.tiling.slide_grid import tile_slide
+from vistumor.tiling.verify import verify_tiles
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +47,7 @@ class RunParams:
         strict: no manifest when any slide failed.
         progress: show a progress bar.
         checksum: ``fast`` or ``full`` slide fingerprints (:func:`vistumor.files.fingerprint`).
+        verify: decode every candidate patch once (:mod:`vistumor.tiling.verify`).
     """
 
     workers: int = 2
@@ -60,87 +57,13 @@ class RunParams:
     strict: bool = False
     progress: bool = True
     checksum: str = "fast"
+    verify: bool = True
 
     def __post_init__(self):
         if self.stage not in STAGES:
             raise ConfigError(f"tiling.run.stage must be all, tile or merge, got {self.stage!r}")
         if self.checksum not in CHECKSUMS:
             raise ConfigError(f"tiling.run.checksum must be one of {CHECKSUMS}, got {self.checksum!r}")
-
-
-# -- one slide -------------------------------------------------------------------------------
-
-
-def grid_spec(slide: Slide, grid: GridParams) -> GridSpec:
-    """Read level and level-0 footprint of this slide's patches."""
-    stride = grid.stride or grid.patch_size
-    if grid.target_mpp is not None:
-        level, scale = slide.level_for_mpp(grid.target_mpp)
-    else:
-        if not 0 <= grid.level < slide.level_count:
-            raise SlideError(
-                f"tiling.grid.level={grid.level} does not exist (slide has {slide.level_count} levels)",
-                slide.path,
-            )
-        level, scale = grid.level, 1.0
-    downsample = slide.level_downsamples[level]
-    read_size = int(round(grid.patch_size * scale))
-    return GridSpec(
-        level=level,
-        read_size=read_size,
-        size0=read_size * downsample,
-        stride0=stride * scale * downsample,
-    )
-
-
-def tile_slide(record: SlideRecord, params: TilingParams) -> tuple[pd.DataFrame, dict, np.ndarray]:
-    """Tissue tiles of one slide with their fractions and labels, facts, and a QC image."""
-    with Slide(record.path, params.mpp, params.mpp_override) as slide:
-        spec = grid_spec(slide, params.grid)
-        width0, height0 = slide.dimensions
-        if width0 < spec.size0 or height0 < spec.size0:
-            raise SlideError(
-                f"slide ({width0}x{height0} px) is smaller than one patch "
-                f"({spec.size0:.0f} level-0 px)", record.path,
-            )
-        thumb, mask_ds = slide.thumbnail(min(params.tissue.downsample, spec.size0 / 8))
-        mpp = slide.mpp
-    tissue = tissue_mask(thumb, params.tissue)
-    if not tissue.any():
-        raise SlideError("no tissue found (check tiling.tissue.min_saturation)", record.path)
-    annotation = _annotation(record, params)
-    x0, y0 = grid_coordinates(width0, height0, spec)
-    tissue_fraction = box_fractions(tissue, mask_ds, x0, y0, spec.size0)
-    keep = keep_tissue(tissue_fraction, params.grid.min_tissue_fraction)
-    x0, y0, tissue_fraction = x0[keep], y0[keep], tissue_fraction[keep]
-    tumor_fraction = annotation.tumor_fractions(x0, y0, spec.size0, spec.size0)
-    labels = label_tiles(tumor_fraction, params.labels.min_tumor_fraction)
-    table = pd.DataFrame({
-        "slide_id": record.slide_id, "slide_path": str(record.path), "kind": record.kind,
-        "x0": x0, "y0": y0, "level": spec.level, "read_size": spec.read_size,
-        "size0": spec.size0, "tissue_fraction": tissue_fraction.round(6),
-        "tumor_fraction": tumor_fraction.round(6), "label": labels,
-    })
-    facts = {
-        "width0": width0, "height0": height0, "mpp": mpp, "level": spec.level,
-        "read_size": spec.read_size, "size0": spec.size0, "n_grid": int(keep.size),
-        "n_tissue": int(keep.sum()), "n_tumor": int((labels == TUMOR).sum()),
-        "n_normal": int((labels == NORMAL).sum()), "n_ambiguous": int((labels == AMBIGUOUS).sum()),
-        "tissue_share": round(float(tissue.mean()), 4),
-    }
-    picture = qc.draw_qc(thumb, mask_ds, tissue, annotation, x0, y0, labels, spec.size0)
-    return table, facts, picture
-
-
-def _annotation(record: SlideRecord, params: TilingParams) -> TumorAnnotation:
-    if record.annotation is not None:
-        return read_annotations(record.annotation, params.labels.annotation_groups)
-    if record.kind == "tumor":
-        raise AnnotationError(
-            "tumor slide without its annotation (expected <annotation_dir>/"
-            f"{record.slide_id}.xml)", record.path,
-        )
-    return TumorAnnotation()
 
 
 # -- the batch -------------------------------------------------------------------------------
@@ -161,6 +84,9 @@ class SlideStore:
     def qc(self, slide_id: str) -> Path:
         return self.root / "qc" / f"{slide_id}.png"
 
+    def lock(self, slide_id: str) -> Path:
+        return self.root / "locks" / f"{slide_id}.lock"
+
     def read_status(self, record: SlideRecord) -> dict:
         path = self.status(record.slide_id)
         if not path.is_file():
@@ -171,43 +97,61 @@ class SlideStore:
         return pd.read_csv(self.tiles(slide_id), dtype={"slide_id": str})
 
 
-def process_slide(
-    record: SlideRecord, params: TilingParams, out_dir: str | Path, checksum_mode: str = "fast"
-) -> dict:
+def process_slide(record: SlideRecord, params: TilingParams, out_dir: str | Path, run: RunParams) -> dict:
     """Tile one slide unless an earlier run did; never raises for a bad slide.
 
-    Args:
-        checksum_mode: ``fast`` or ``full`` slide fingerprints (:func:`vistumor.files.fingerprint`).
+    A slide is skipped only when it was done with the same parameters, slide and annotation
+    checksums (and verified, when verification is on). Two runs on one folder take turns
+    per slide: the second waits for the first and then skips.
     """
     store = SlideStore(out_dir)
     start = time.perf_counter()
+    with exclusive(store.lock(record.slide_id)):
+        for path in (store.tiles(record.slide_id), store.status(record.slide_id), store.qc(record.slide_id)):
+            remove_temporaries(path)  # left by a run killed mid-write
+        status = _tile_or_skip(record, params, store, run)
+        if status["status"] == FAILED:  # no tiles or picture of an earlier run beside a failure
+            store.tiles(record.slide_id).unlink(missing_ok=True)
+            store.qc(record.slide_id).unlink(missing_ok=True)
+        if status["status"] != SKIPPED:  # (a skipped slide's file keeps saying "done")
+            status["seconds"] = round(time.perf_counter() - start, 3)
+            write_json(store.status(record.slide_id), status)
+    return status
+
+
+def _tile_or_skip(record: SlideRecord, params: TilingParams, store: SlideStore, run: RunParams) -> dict:
     try:
-        checksum = fingerprint(record.path, checksum_mode) if record.path.is_file() else None
+        key = slide_key(record, params, run.checksum)
         previous = store.read_status(record)
-        if (
-            previous.get("status") == DONE
-            and previous.get("params_hash") == params.hash
-            and previous.get("checksum") == checksum
-            and store.tiles(record.slide_id).is_file()
-        ):
+        if (previous.get("status") == DONE and all(previous.get(k) == v for k, v in key.items())
+                and (previous.get("verified") or not run.verify) and store.tiles(record.slide_id).is_file()):
             return {**previous, "status": SKIPPED, "reason": "already tiled with these parameters"}
-            # (the file keeps saying "done": skipping is what this run did, not a new state)
         table, facts, picture = tile_slide(record, params)
+        if run.verify:
+            facts["verified_px"] = verify_tiles(record.path, table, params.mpp, params.mpp_override)
         with atomic_path(store.tiles(record.slide_id)) as tmp:
             table.to_csv(tmp, index=False)
         qc.save_png(store.qc(record.slide_id), picture)
-        status = _status(record, DONE, checksum=checksum, params_hash=params.hash, **facts)
+        return _status(record, DONE, **key, verified=run.verify, **facts)
     except VisTumorError as err:
-        status = _status(record, FAILED, reason=str(err))
+        return _status(record, FAILED, reason=str(err))
     except Exception as err:  # a crash in one slide must not stop the batch; it is recorded
         log.warning("unexpected error on %s", record.path, exc_info=True)
-        status = _status(record, FAILED, reason=f"{record.path}: {type(err).__name__}: {err}")
-    if status["status"] == FAILED:  # no tiles or picture of an earlier run beside a failure
-        store.tiles(record.slide_id).unlink(missing_ok=True)
-        store.qc(record.slide_id).unlink(missing_ok=True)
-    status["seconds"] = round(time.perf_counter() - start, 3)
-    write_json(store.status(record.slide_id), status)
-    return status
+        return _status(record, FAILED, reason=f"{record.path}: {type(err).__name__}: {err}")
+
+
+def slide_key(record: SlideRecord, params: TilingParams, checksum_mode: str) -> dict[str, str | None]:
+    """What a slide's tiles depend on: the parameters, the slide file and its annotation file."""
+    return {
+        "params_hash": params.hash,
+        "checksum": fingerprint(record.path, checksum_mode) if record.path.is_file() else None,
+        "annotation_checksum": annotation_checksum(record.annotation),
+    }
+
+
+def annotation_checksum(path: Path | None) -> str | None:
+    """Every byte of an annotation file (they are small): an edit re-tiles the slide."""
+    return fingerprint(path, "full") if path is not None and path.is_file() else None
 
 
 def _status(record: SlideRecord, status: str, reason: str = "", **facts) -> dict:
@@ -219,19 +163,19 @@ def _status(record: SlideRecord, status: str, reason: str = "", **facts) -> dict
 
 
 def run_slides(
-    records: Sequence[SlideRecord], params: TilingParams, out_dir: str | Path, workers: int = 1,
-    progress: bool = True, checksum_mode: str = "fast",
+    records: Sequence[SlideRecord], params: TilingParams, out_dir: str | Path, run: RunParams | None = None,
 ) -> list[dict]:
-    """Tile slides in ``workers`` processes; returns their statuses in input order."""
+    """Tile slides in ``run.workers`` processes; returns their statuses in input order."""
+    run = run or RunParams()
     out_dir = Path(out_dir)
     results: dict[str, dict] = {}
-    bar = tqdm(total=len(records), desc="tiling", unit="slide", disable=not progress)
-    if workers <= 1 or len(records) <= 1:
+    bar = tqdm(total=len(records), desc="tiling", unit="slide", disable=not run.progress)
+    if run.workers <= 1 or len(records) <= 1:
         for record in records:
-            results[record.slide_id] = _report(process_slide(record, params, out_dir, checksum_mode), bar)
+            results[record.slide_id] = _report(process_slide(record, params, out_dir, run), bar)
     else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            futures = [pool.submit(process_slide, r, params, out_dir, checksum_mode) for r in records]
+        with ProcessPoolExecutor(max_workers=run.workers) as pool:
+            futures = [pool.submit(process_slide, r, params, out_dir, run) for r in records]
             for future in as_completed(futures):
                 status = _report(future.result(), bar)
                 results[status["slide_id"]] = status

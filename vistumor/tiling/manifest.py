@@ -65,17 +65,34 @@ class Manifest:
         )
 
     def verify_slides(self) -> None:
-        """Refuse a manifest whose slides are missing or changed since tiling."""
+        """Refuse a manifest whose slides or annotations are missing or changed since tiling:
+        its labels would no longer say what the files do."""
         for slide_id, info in self.meta.get("slides", {}).items():
             path = Path(info["path"])
             if not path.is_file():
                 raise ManifestError(f"slide '{slide_id}' is missing: {path}", self.path)
-            recorded = info.get("checksum", "")
+            recorded = info.get("checksum") or ""
             mode = "full" if recorded.startswith("sha256:") else "fast"
             if recorded and fingerprint(path, mode) != recorded:
                 raise ManifestError(
                     f"slide '{slide_id}' changed since tiling (checksum differs): {path}", self.path
                 )
+            self._verify_annotation(slide_id, info)
+
+    def _verify_annotation(self, slide_id: str, info: Mapping[str, Any]) -> None:
+        annotation = info.get("annotation") or ""
+        if not annotation:
+            return
+        path = Path(annotation)
+        if not path.is_file():
+            raise ManifestError(f"annotation of slide '{slide_id}' is missing: {path}; rerun tiling",
+                                self.path)
+        recorded = info.get("annotation_checksum")
+        if recorded and fingerprint(path, "full") != recorded:
+            raise ManifestError(
+                f"annotation of slide '{slide_id}' changed since tiling (checksum differs): {path}; "
+                "rerun tiling.py to relabel its patches", self.path
+            )
 
 
 def spec_hash(spec: Mapping[str, Any]) -> str:

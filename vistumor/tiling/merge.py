@@ -84,7 +84,7 @@ def merge(
     slides = {
         s["slide_id"]: {
             "path": s["path"], "checksum": s.get("checksum"), "kind": s["kind"],
-            "annotation": s.get("annotation", ""),
+            "annotation": s.get("annotation", ""), "annotation_checksum": s.get("annotation_checksum"),
             "split": _split_of(table, s["slide_id"]),
         }
         for s in ok
