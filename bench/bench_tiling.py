@@ -189,7 +189,8 @@ def main() -> None:
         extra = verify["seconds"] - tiling["seconds"]
         print(f"tiling.run.verify (decode every candidate patch once): {verify['seconds']:.2f} s, "
               f"+{extra:.2f} s for {verify['verified_px'] / 1e9:.2f} Gpx "
-              f"({verify['verified_px'] / 1e6 / max(extra, 1e-9):.0f} Mpx/s), peak {verify['peak_rss_mb']:.0f} MB")
+              f"({verify['verified_px'] / 1e6 / max(extra, 1e-9):.0f} Mpx/s), "
+              f"peak {verify['peak_rss_mb']:.0f} MB")
 
 
 if __name__ == "__main__":

@@ -12,8 +12,8 @@ from conftest import REAL_SVS, needs_real_fixtures
 
 from vistumor.errors import ConfigError, SlideError
 from vistumor.tiling.catalog import SlideRecord
-from vistumor.tiling.slide_grid import grid_spec, tile_slide
 from vistumor.tiling.params import GridParams, TilingParams
+from vistumor.tiling.slide_grid import grid_spec, tile_slide
 from vistumor.tiling.tissue import TissueParams
 from vistumor.wsi import slide as slide_module
 from vistumor.wsi.slide import Slide, rgba_to_rgb
