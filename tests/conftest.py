@@ -342,3 +342,18 @@ def copy_tiled(tiled: Tiled, folder: str | Path, keep=None) -> Tiled:
     }
     write_manifest(folder / "tiles" / "manifest.csv", table, meta)
     return Tiled(TinyDataset(Path(new), tiled.data.normal, tiled.data.tumor), folder / "tiles")
+
+
+class CrashAt:
+    """A training callback (``+callbacks.crash._target_=conftest.CrashAt``) that kills the run
+    at the first batch of ``epoch``, as ``kill -9`` would: no checkpoint of that epoch."""
+
+    def __new__(cls, epoch: int):
+        import lightning as L
+
+        class _Crash(L.Callback):
+            def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+                if trainer.current_epoch == epoch:
+                    raise SystemExit(f"killed in epoch {epoch}")
+
+        return _Crash()

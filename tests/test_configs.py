@@ -11,7 +11,6 @@ from conftest import CONF
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class, instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.strategies import DDPStrategy
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -25,7 +24,7 @@ from vistumor.errors import ConfigError
 from vistumor.explain.monitor import CamMonitor
 from vistumor.model.classifier import PatchClassifier
 from vistumor.runs import tracking
-from vistumor.runs.callbacks import LearningCurves, Throughput
+from vistumor.runs.callbacks import LearningCurves, RunCheckpoint, Throughput
 from vistumor.runs.compare import CompareCallback
 from vistumor.tasks.config import plain
 from vistumor.tasks.tiling import tiling_params
@@ -142,9 +141,9 @@ def test_default_loggers_skip_wandb_when_disabled(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     ("callbacks", "expected"),
     [
-        ("default", [ModelCheckpoint, ModelCheckpoint, LearningCurves, Throughput, CamMonitor]),
+        ("default", [RunCheckpoint, RunCheckpoint, LearningCurves, Throughput, CamMonitor]),
         ("feature_cache",
-         [ModelCheckpoint, ModelCheckpoint, LearningCurves, Throughput, CamMonitor, FeatureCache]),
+         [RunCheckpoint, RunCheckpoint, LearningCurves, Throughput, CamMonitor, FeatureCache]),
         ("none", []),
     ],
 )

@@ -13,10 +13,11 @@ import pytest
 import torch
 from conftest import PATCH, PINK, copy_tiled
 from PIL import Image
-from torch.utils.data import DataLoader, RandomSampler, WeightedRandomSampler
+from torch.utils.data import DataLoader
 
 from vistumor.data.augment import HEDJitter, build_pipeline
 from vistumor.data.datamodule import PatchDataModule
+from vistumor.data.epochs import EpochSampler
 from vistumor.data.images import ImagePatchDataset, image_samples
 from vistumor.data.patches import PatchDataset
 from vistumor.data.sources import ImageFolderSource, ManifestSource
@@ -283,11 +284,13 @@ def test_balanced_sampling_draws_both_classes_about_equally(tmp_path):
     def tumor_share(balanced: bool) -> float:
         dm = PatchDataModule(ImageFolderSource({"train": str(tmp_path / "train")}), image_size=8,
                              batch_size=4, num_workers=0, balanced_sampling=balanced)
-        loader = dm.train_dataloader()
-        assert isinstance(loader.sampler, WeightedRandomSampler if balanced else RandomSampler)
-        torch.manual_seed(0)
+        sampler = dm.train_dataloader().sampler
+        assert isinstance(sampler, EpochSampler) and (sampler.weights is not None) == balanced
         labels = dm.dataset("train").labels
-        drawn = [labels[i] for _ in range(500) for i in loader.sampler]
+        drawn = []
+        for epoch in range(500):
+            sampler.set_epoch(epoch)
+            drawn += [labels[i] for _, i in sampler]
         assert len(drawn) == 500 * 8
         return float(np.mean(drawn))
 

@@ -27,3 +27,7 @@ class ManifestError(VisTumorError):
 
 class ConfigError(VisTumorError):
     """A configuration value is invalid (unknown model, impossible split, ...)."""
+
+
+class BadPatchError(VisTumorError):
+    """A patch's pixels cannot be read during training (``data.on_bad_patch=fail``)."""

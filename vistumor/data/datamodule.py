@@ -9,18 +9,23 @@ while :meth:`PatchDataModule.dataset` keeps giving the image dataset.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from vistumor.data.augment import build_pipeline
+from vistumor.data.epochs import EpochSampler
 from vistumor.data.sources import PatchSource
-from vistumor.errors import ConfigError, ManifestError
+from vistumor.errors import BadPatchError, ConfigError, ManifestError
 from vistumor.labels import lacking
 
+log = logging.getLogger(__name__)
+
+BAD_PATCH_POLICIES = ("fail", "skip")
 _STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",)}
 
 
@@ -37,6 +42,10 @@ class PatchDataModule(L.LightningDataModule):
         with_masks: tumor masks in the val/test items (the explanation stage scores them).
         test_split: the split the test stage evaluates (the paper's protocol has no separate
             test split: its 10 % hold-out is ``val``).
+        seed: training order and augmentation are functions of ``(seed, epoch, patch)``
+            (:mod:`vistumor.data.epochs`): a resumed run equals an uninterrupted one.
+        on_bad_patch: a patch that cannot be read: ``fail`` (stop with one line naming the
+            slide and region) or ``skip`` (leave it out, recorded in :attr:`bad_patches`).
     """
 
     def __init__(
@@ -51,8 +60,12 @@ class PatchDataModule(L.LightningDataModule):
         persistent_workers: bool = True,
         with_masks: bool = True,
         test_split: str = "test",
+        seed: int = 0,
+        on_bad_patch: str = "fail",
     ):
         super().__init__()
+        if on_bad_patch not in BAD_PATCH_POLICIES:
+            raise ConfigError(f"data.on_bad_patch must be one of {BAD_PATCH_POLICIES}, got {on_bad_patch!r}")
         self.source = source
         self.image_size = int(image_size)
         self.batch_size = batch_size
@@ -63,6 +76,10 @@ class PatchDataModule(L.LightningDataModule):
         self.persistent_workers = persistent_workers and num_workers > 0
         self.with_masks = with_masks
         self.test_split = test_split
+        self.seed = seed
+        self.on_bad_patch = on_bad_patch
+        #: patches left out under ``on_bad_patch=skip``: slide_id, x0, y0, reason
+        self.bad_patches: list[dict] = []
         self.datasets: dict[str, Dataset] = {}
         self.served: dict[str, Dataset] = {}
 
@@ -109,30 +126,56 @@ class PatchDataModule(L.LightningDataModule):
 
     # -- loaders ----------------------------------------------------------------------------
 
-    def _loader(self, dataset: Dataset, shuffle: bool, sampler=None) -> DataLoader:
+    def _loader(self, dataset: Dataset, sampler=None) -> DataLoader:
         in_memory = getattr(dataset, "in_memory", False)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle and sampler is None,
             sampler=sampler,
             num_workers=0 if in_memory else self.num_workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.persistent_workers and not in_memory,
             drop_last=False,
+            collate_fn=collate,
         )
 
     def train_dataloader(self) -> DataLoader:
         dataset = self._served("train")
-        sampler = None
+        weights = None
         if self.balanced_sampling:
             labels = np.asarray(dataset.labels)
             weights = 1.0 / np.bincount(labels, minlength=2)[labels]
-            sampler = WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), len(labels))
-        return self._loader(dataset, shuffle=True, sampler=sampler)
+        return self._loader(dataset, EpochSampler(dataset, self.seed, weights))
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self._served("val"), shuffle=False)
+        return self._loader(self._served("val"))
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self._served(self.test_split), shuffle=False)
+        return self._loader(self._served(self.test_split))
+
+    # -- patches that cannot be read ----------------------------------------------------------
+
+    def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        """Act on the batch's unreadable patches (``on_bad_patch``) before it reaches the model."""
+        bad = batch.pop("bad", [])
+        if bad and self.on_bad_patch == "fail":
+            first = bad[0]
+            raise BadPatchError(
+                f"cannot read the patch of slide '{first['slide_id']}' at level-0 (x0, y0)="
+                f"({first['x0']}, {first['y0']}): {first['reason']} (data.on_bad_patch=skip leaves "
+                "such patches out and records them in bad_patches.csv)"
+            )
+        for item in bad:
+            log.warning("skipping unreadable patch of '%s' at (%s, %s): %s", item["slide_id"], item["x0"],
+                        item["y0"], item["reason"])
+        self.bad_patches.extend(bad)
+        return batch
+
+
+def collate(items: list[dict]) -> dict:
+    """Batch the readable items; unreadable ones (``{"bad": reason, ...}``) go to ``batch["bad"]``."""
+    good = [i for i in items if "bad" not in i]
+    batch = default_collate(good) if good else {}
+    batch["bad"] = [{"slide_id": i["slide_id"], "x0": i["x0"], "y0": i["y0"], "reason": i["bad"]}
+                    for i in items if "bad" in i]
+    return batch

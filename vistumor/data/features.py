@@ -19,7 +19,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from vistumor.data.augment import reseed
-from vistumor.errors import ConfigError
+from vistumor.data.epochs import unpack
+from vistumor.errors import BadPatchError, ConfigError, VisTumorError
 
 log = logging.getLogger(__name__)
 
@@ -34,14 +35,19 @@ class _Variants(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> torch.Tensor:
-        rgb, _ = self.dataset.read(index)
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
+        """The variants and ``""``, or blank images and the reason the patch cannot be read."""
+        try:
+            rgb, _ = self.dataset.read(index)
+        except VisTumorError as err:
+            size = self.dataset.image_size
+            return torch.zeros(self.variants, 3, size, size, dtype=torch.uint8), str(err)
         transform = self.dataset.state.transform
         images = [rgb]
         for variant in range(1, self.variants):
             reseed(transform, ((self.seed * 1_000_003 + variant) * 10_000_019 + index) % 2**32)
             images.append(rgb if transform is None else transform(image=rgb)["image"])
-        return torch.from_numpy(np.ascontiguousarray(np.stack(images).transpose(0, 3, 1, 2)))
+        return torch.from_numpy(np.ascontiguousarray(np.stack(images).transpose(0, 3, 1, 2))), ""
 
 
 class FeatureDataset(Dataset):
@@ -65,7 +71,8 @@ class FeatureDataset(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key) -> dict:
+        index, _ = unpack(key)  # the variant drawn for this epoch is the augmentation
         slide_id, x0, y0 = self.describe(index)
         return {
             "features": self.features[index, self.variant[index]],
@@ -85,7 +92,10 @@ def extract(
                         num_workers=num_workers, shuffle=False)
     chunks = []
     try:
-        for images in loader:  # (B, K, 3, S, S)
+        for images, problems in loader:  # (B, K, 3, S, S)
+            bad = [p for p in problems if p]
+            if bad:  # a cache with a hole would train on made-up features
+                raise BadPatchError(f"{bad[0]} (while caching trunk features)")
             features = module.features(images.flatten(0, 1).to(module.device)).float().cpu()
             chunks.append(features.view(images.shape[0], variants, -1))
     finally:

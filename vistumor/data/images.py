@@ -116,3 +116,63 @@ def _csv_samples(path: Path) -> pd.DataFrame:
         known = " or ".join(f"{v} ({k})" for k, v in CLASSES.items())
         raise ConfigError(f"patch CSV labels must be {known}, found {found}", path)
     return table
+
+
+# -- checks up front ----------------------------------------------------------------------------
+
+
+def check_images(samples: pd.DataFrame, where: str | Path) -> None:
+    """Refuse a collection with a damaged file before training starts (not hours into it).
+
+    Every image and mask is checked by its header and its size: the header must parse, and
+    the file must hold what the header promises (PNG: every chunk up to ``IEND`` with its
+    CRC; JPEG: the end-of-image marker; TIFF: every strip or tile inside the file; other
+    formats: a full decode).
+    """
+    files = [*samples["path"], *(samples["mask_path"] if "mask_path" in samples else [])]
+    damaged = []
+    for path in files:
+        if isinstance(path, str) and path:
+            problem = image_problem(path)
+            if problem:
+                damaged.append((path, problem))
+    if damaged:
+        path, problem = damaged[0]
+        more = f" (and {len(damaged) - 1} more damaged file(s) under {where})" if len(damaged) > 1 else ""
+        raise ConfigError(f"damaged image: {problem}{more}", path)
+
+
+def image_problem(path: str | Path) -> str | None:
+    """Why an image file cannot be read in full, or None when it can."""
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            kind = image.format
+            if kind == "TIFF":
+                return _tiff_problem(image, path.stat().st_size)
+            if kind in ("PNG", "JPEG"):
+                image.verify()  # PNG: chunk CRCs to the end; JPEG: the header
+            else:
+                image.load()
+        if kind == "JPEG" and not _ends_with_eoi(path):
+            return "truncated JPEG (no end-of-image marker)"
+    except (OSError, SyntaxError, ValueError) as err:
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+def _ends_with_eoi(path: Path) -> bool:
+    with open(path, "rb") as f:
+        f.seek(max(0, path.stat().st_size - 4096))
+        tail = f.read().rstrip(b"\0")
+    return tail.endswith(b"\xff\xd9")
+
+
+def _tiff_problem(image: Image.Image, size: int) -> str | None:
+    tags = image.tag_v2
+    offsets = tags.get(273) or tags.get(324)  # StripOffsets / TileOffsets
+    counts = tags.get(279) or tags.get(325)  # StripByteCounts / TileByteCounts
+    if offsets is None or counts is None:
+        return "TIFF without strip or tile offsets"
+    end = max(int(o) + int(c) for o, c in zip(offsets, counts, strict=False))
+    return f"truncated TIFF ({size} bytes, its data reach byte {end})" if end > size else None

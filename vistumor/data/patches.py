@@ -27,6 +27,8 @@ import torch
 from torch.utils.data import Dataset
 
 from vistumor.data.augment import reseed
+from vistumor.data.epochs import unpack
+from vistumor.errors import SlideError, VisTumorError
 from vistumor.wsi.annotations import TumorAnnotation, read_annotations
 from vistumor.wsi.slide import Slide
 
@@ -80,8 +82,17 @@ class PatchItems(Dataset):
         return to_item(rgb, mask, self.state.transform, int(self.labels[index]), slide_id, x0, y0,
                        self.with_masks)
 
-    def __getitem__(self, index: int) -> dict:
-        return self.item(index)
+    def __getitem__(self, key) -> dict:
+        """The item of ``index``, or of ``(stream, index)`` augmented from that stream
+        (:mod:`vistumor.data.epochs`). A patch that cannot be read comes back as a marker
+        ``{"bad": reason, slide_id, x0, y0}`` for the datamodule to act on
+        (``data.on_bad_patch``), never as a crash inside a loader worker."""
+        index, seed = unpack(key)
+        try:
+            return self.item(index, seed)
+        except VisTumorError as err:
+            slide_id, x0, y0 = self.describe(index)
+            return {"bad": str(err), "slide_id": slide_id, "x0": x0, "y0": y0}
 
 
 class PatchDataset(PatchItems):
@@ -134,7 +145,12 @@ class PatchDataset(PatchItems):
         if slide is None:
             slide = self.state.slides[path] = Slide(path, self.mpp, self.mpp_override)
         size = self.read_size[index]
-        rgb = slide.read_region(self.x0[index], self.y0[index], self.level[index], size, size)
+        try:
+            rgb = slide.read_region(self.x0[index], self.y0[index], self.level[index], size, size)
+        except SlideError:
+            del self.state.slides[path]  # an OpenSlide error is sticky: the next read reopens
+            slide.close()
+            raise
         return resize_patch(rgb, self.image_size), self._mask(index)
 
     def _mask(self, index: int) -> np.ndarray | None:

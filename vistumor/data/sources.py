@@ -12,7 +12,7 @@ from typing import Any
 import albumentations as A
 from torch.utils.data import Dataset
 
-from vistumor.data.images import ImagePatchDataset, image_samples
+from vistumor.data.images import ImagePatchDataset, check_images, image_samples
 from vistumor.data.patches import PatchDataset
 from vistumor.errors import ConfigError
 from vistumor.tiling.manifest import Manifest, load_manifest
@@ -91,6 +91,7 @@ class ImageFolderSource(PatchSource):
 
     def dataset(self, split: str, image_size: int, transform: A.Compose | None, with_masks: bool) -> Dataset:
         samples = image_samples(self.where(split), self.classes)
+        check_images(samples, self.where(split))  # every file's header and size, up front
         return ImagePatchDataset(samples, image_size, transform)
 
     def where(self, split: str) -> str:

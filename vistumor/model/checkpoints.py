@@ -25,7 +25,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
         raise ConfigError(f"not a loadable VisTumor checkpoint ({first})", path) from err
     hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     if not isinstance(hparams, dict) or "backbone" not in hparams or "state_dict" not in ckpt:
@@ -33,9 +33,17 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
-def check_compatible(path: str | Path, backbone: str) -> dict[str, Any]:
-    """Read a checkpoint to resume and refuse one of another backbone, naming both."""
+#: what Lightning needs to resume a run (a weights-only save lacks the last two)
+RESUME_KEYS = ("pytorch-lightning_version", "optimizer_states", "loops")
+
+
+def check_compatible(path: str | Path, backbone: str, resume: bool = True) -> dict[str, Any]:
+    """Read a checkpoint to resume (or test) and refuse one of another backbone, naming both."""
     ckpt = read_checkpoint(path)
+    missing = [k for k in (RESUME_KEYS if resume else RESUME_KEYS[:1]) if k not in ckpt]
+    if missing:
+        raise ConfigError(f"not a Lightning checkpoint to {'resume' if resume else 'test'} "
+                          f"(no {', '.join(missing)}; saved with weights only?)", path)
     trained = ckpt["hyper_parameters"]["backbone"]
     if trained != backbone:
         raise ConfigError(

@@ -146,7 +146,9 @@ class PatchClassifier(L.LightningModule):
 
     # -- steps ------------------------------------------------------------------------------
 
-    def _step(self, batch: dict, stage: str) -> torch.Tensor:
+    def _step(self, batch: dict, stage: str) -> torch.Tensor | None:
+        if "label" not in batch:  # every patch of the batch was unreadable and skipped
+            return None
         labels = batch["label"]
         logits = self.logits(batch)
         loss = self.loss(logits, labels)

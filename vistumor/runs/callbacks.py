@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 
 from vistumor.model.metrics import key
@@ -83,3 +84,21 @@ class Throughput(L.Callback):
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if self.images_per_s is not None:
             pl_module.log(key("train", "images_per_s"), self.images_per_s, sync_dist=False)
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """A :class:`ModelCheckpoint` whose ranking survives a resume into a new run folder.
+
+    A resumed run gets a new folder (Hydra's run dir), and Lightning then forgets the best
+    score so far: the first epoch after the resume always becomes "best", and the resumed
+    run tests another checkpoint than a run that never stopped. Here the scores and paths
+    are kept (the best file stays where it was saved), and files outside this run's folder
+    are never deleted.
+    """
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict({**state_dict, "dirpath": self.dirpath})
+
+    def _remove_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        if self.dirpath and Path(filepath).resolve().parent == Path(self.dirpath).resolve():
+            super()._remove_checkpoint(trainer, filepath)

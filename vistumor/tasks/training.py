@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from vistumor.data.datamodule import PatchDataModule
-from vistumor.errors import VisTumorError
+from vistumor.errors import BadPatchError, VisTumorError
 from vistumor.files import atomic_path, write_json
 from vistumor.labels import confusion_counts, predict
 from vistumor.model import devices
@@ -58,7 +58,8 @@ def build_datamodule(cfg: DictConfig, image_size: int) -> PatchDataModule:
                  "mpp": cfg.data.get("mpp"), "mpp_override": cfg.data.get("mpp_override", "missing")}
     source = instantiate_node(source_node, **extra, _convert_="all")
     return instantiate_node(node, source=source, image_size=image_size,
-                            augment=plain(cfg.get("augment")) or {}, _convert_="all")
+                            augment=plain(cfg.get("augment")) or {}, seed=cfg.get("seed") or 0,
+                            on_bad_patch=cfg.data.get("on_bad_patch", "fail"), _convert_="all")
 
 
 def instantiate_node(node: Any, **kwargs: Any) -> Any:
@@ -111,7 +112,7 @@ def train(
     """
     start = time.perf_counter()
     if cfg.get("ckpt_path"):  # a bad checkpoint fails before anything is built or written
-        check_compatible(cfg.ckpt_path, cfg.model.backbone)
+        check_compatible(cfg.ckpt_path, cfg.model.backbone, resume=cfg.get("train", True))
     seed(cfg)
     model = model or build_model(cfg, manifest_path_of(cfg))
     dm = dm or build_datamodule(cfg, model.input_size)
@@ -132,16 +133,7 @@ def train(
                               "params_trainable": trainable,
                               "params_total": total, "run_dir": str(cfg.paths.output_dir)}
     try:
-        if cfg.get("train", True):
-            trainer.fit(model, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
-            result.update(_floats(trainer.callback_metrics, prefix=("train/", "val/")))
-            result["best_ckpt"] = _best_checkpoint(trainer)
-        if cfg.get("test", True):
-            ckpt = result.get("best_ckpt") or (None if cfg.get("train", True) else cfg.get("ckpt_path"))
-            trainer.test(model, datamodule=dm, ckpt_path=ckpt or None)  # weights_only: plain hparams
-            result.update(_floats(trainer.callback_metrics, prefix=("test/",)))
-            if trainer.is_global_zero:
-                result.update(write_test_outputs(model, Path(cfg.paths.output_dir)))
+        result.update(fit_and_test(cfg, trainer, model, dm))
     finally:
         tracking.finish(loggers)
     if throughput is not None and throughput.images_per_s is not None:
@@ -150,6 +142,53 @@ def train(
     if trainer.is_global_zero:
         write_json(Path(cfg.paths.output_dir) / "metrics.json", result)
     return result
+
+
+def fit_and_test(cfg: DictConfig, trainer: L.Trainer, model: PatchClassifier, dm: PatchDataModule) -> dict:
+    """``trainer.fit`` then ``trainer.test`` on the best checkpoint; an unreadable patch
+    (``data.on_bad_patch=fail``) stops the run after saving ``last.ckpt`` to resume from."""
+    result: dict[str, Any] = {}
+    out = Path(cfg.paths.output_dir)
+    try:
+        if cfg.get("train", True):
+            try:
+                trainer.fit(model, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
+            except BadPatchError:
+                save_last(trainer, out)
+                raise
+            result.update(_floats(trainer.callback_metrics, prefix=("train/", "val/")))
+            result["best_ckpt"] = _best_checkpoint(trainer)
+        if cfg.get("test", True):
+            ckpt = result.get("best_ckpt") or (None if cfg.get("train", True) else cfg.get("ckpt_path"))
+            trainer.test(model, datamodule=dm, ckpt_path=ckpt or None)  # weights_only: plain hparams
+            result.update(_floats(trainer.callback_metrics, prefix=("test/",)))
+            if trainer.is_global_zero:
+                result.update(write_test_outputs(model, out))
+    finally:
+        if dm.bad_patches and trainer.is_global_zero:
+            result["bad_patches"] = str(write_bad_patches(dm.bad_patches, out))
+    return result
+
+
+def save_last(trainer: L.Trainer, out: Path) -> Path:
+    """Save the run's state as its ``last.ckpt`` (where the last-checkpoint callback keeps it)."""
+    folder = next((Path(c.dirpath) for c in trainer.checkpoint_callbacks
+                   if getattr(c, "filename", None) == "last" and c.dirpath), out / "checkpoints")
+    path = folder / "last.ckpt"
+    trainer.save_checkpoint(path)
+    log.info("saved %s: resume with ckpt_path=%s once the data is fixed", path, path)
+    return path
+
+
+def write_bad_patches(bad: list[dict], out: Path) -> Path:
+    """``bad_patches.csv``: the patches ``data.on_bad_patch=skip`` left out, and why."""
+    table = (pd.DataFrame(bad, columns=["slide_id", "x0", "y0", "reason"])
+             .groupby(["slide_id", "x0", "y0"], sort=False)
+             .agg(reason=("reason", "first"), times=("reason", "size")).reset_index())
+    with atomic_path(out / "bad_patches.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    log.warning("%d unreadable patch(es) skipped: see %s", len(table), out / "bad_patches.csv")
+    return out / "bad_patches.csv"
 
 
 def _without_hydra(cfg: DictConfig) -> DictConfig:
