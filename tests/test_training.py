@@ -59,7 +59,7 @@ def run_train(cfg: DictConfig, hooked: str = "layer4") -> Run:
     built here, kept for inspection."""
     calls: list = []
     training.seed(cfg)  # as train() does before it builds: the head starts from the seed
-    model = training.build_model(cfg, training.manifest_path_of(cfg))
+    model = training.build_model(cfg)
     initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     def hook(module, args, out):

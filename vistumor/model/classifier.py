@@ -44,6 +44,8 @@ class PatchClassifier(L.LightningModule):
         weights_fallback: ``error`` or ``random`` when hub weights are unavailable offline.
         manifest_path: the manifest the model is trained on (recorded in checkpoints, so
             explanations use the same patches; given by the training task).
+        tiling: that manifest's per-slide tiling parameters (``grid``, ``tissue``, ``labels``,
+            ``mpp``): the patch geometry whole-slide inference reproduces.
         image_size: input edge the model is trained and run at (recorded in checkpoints);
             None = the backbone's own input size.
     """
@@ -64,6 +66,7 @@ class PatchClassifier(L.LightningModule):
         image_size: int | None = None,
         weights_fallback: str = "error",
         manifest_path: str | None = None,
+        tiling: dict | None = None,
     ):
         super().__init__()
         if num_classes != 2:

@@ -81,9 +81,13 @@ def seed(cfg: DictConfig) -> None:
         L.seed_everything(cfg.seed, workers=True)
 
 
-def build_model(cfg: DictConfig, manifest_path: str | None = None) -> PatchClassifier:
-    """The configured classifier; its checkpoints record the manifest it is trained on."""
-    return instantiate_node(cfg.model, manifest_path=manifest_path, _convert_="all")
+def build_model(cfg: DictConfig) -> PatchClassifier:
+    """The configured classifier; its checkpoints record the manifest it is trained on and
+    that manifest's tiling (patch size, level or µm/px, tissue mask), so later stages see
+    patches at the scale the model was trained on."""
+    manifest_path = manifest_path_of(cfg)
+    tiling = tiling_task.spec(cfg)["tiling"] if manifest_path else None
+    return instantiate_node(cfg.model, manifest_path=manifest_path, tiling=tiling, _convert_="all")
 
 
 def manifest_path_of(cfg: DictConfig) -> str | None:
@@ -114,7 +118,7 @@ def train(
     if cfg.get("ckpt_path"):  # a bad checkpoint fails before anything is built or written
         check_compatible(cfg.ckpt_path, cfg.model.backbone, resume=cfg.get("train", True))
     seed(cfg)
-    model = model or build_model(cfg, manifest_path_of(cfg))
+    model = model or build_model(cfg)
     dm = dm or build_datamodule(cfg, model.input_size)
     for stage, wanted in (("fit", cfg.get("train", True)), ("test", cfg.get("test", True))):
         if wanted:  # bad data fails here, before a logger writes anything into the run folder

@@ -1,0 +1,53 @@
+"""Detection points for the CAMELYON16 lesion FROC, and the slide score, from the map.
+
+Points come from non-maximum suppression on the probability map (as NCRF's ``nms.py``):
+take the most probable cell, record ``(prob, x, y)`` at its centre in level-0 px, suppress
+every cell within ``radius`` of it, repeat while the maximum is at least ``min_prob``. They
+are written in the challenge's format: no header, rows ``prob,x,y``, integer level-0 px.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from vistumor.files import write_text
+
+SCORES = ("max", "topk")
+
+
+def nms_points(values: np.ndarray, cell_px: float, radius_px: float, min_prob: float,
+               limit: int = 10_000) -> list[tuple[float, int, int]]:
+    """``(prob, x, y)`` local maxima, most probable first, at least ``radius_px`` apart."""
+    work = np.nan_to_num(values, nan=0.0).astype(np.float64)
+    rows, cols = np.indices(work.shape)
+    radius_cells = radius_px / cell_px
+    points = []
+    while len(points) < limit:
+        flat = int(np.argmax(work))
+        r, c = divmod(flat, work.shape[1])
+        prob = work[r, c]
+        if prob < min_prob or prob <= 0:
+            break
+        points.append((float(prob), int((c + 0.5) * cell_px), int((r + 0.5) * cell_px)))
+        work[(rows - r) ** 2 + (cols - c) ** 2 <= radius_cells**2] = 0.0
+    return points
+
+
+def write_detections(path: Path, points: list[tuple[float, int, int]]) -> Path:
+    """The official CSV: ``prob,x,y`` per line, no header."""
+    write_text(path, "".join(f"{p:.6f},{x},{y}\n" for p, x, y in points))
+    return path
+
+
+def slide_score(values: np.ndarray, method: str = "max", k: int = 10) -> float:
+    """The slide's tumor score: the map's maximum, or the mean of its ``k`` highest cells."""
+    cells = values[np.isfinite(values)]
+    if not cells.size:
+        return 0.0
+    if method == "max":
+        return float(cells.max())
+    if method == "topk":
+        return float(np.sort(cells)[-k:].mean())
+    raise ValueError(f"infer.score.method must be one of {SCORES}, got {method!r}")

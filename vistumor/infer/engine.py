@@ -1,0 +1,84 @@
+"""The one pass: per batch of patches, each model's tumor probability and raw Grad-CAM++ map.
+
+A forward pass through the model, then a backward pass through the head only (the fast
+Grad-CAM++ of :mod:`vistumor.explain.gradcam`): no second pass for the probability. Patches
+arrive as ``uint8`` at the reading level and are resized to the model's input on the
+device. The maps stay raw (not min-max scaled per patch, which would make normal tissue
+as hot as tumor) for the stitcher to weight by probability and blend.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vistumor.explain.base import gradients
+from vistumor.explain.gradcam import FastGradCAMPlusPlus
+from vistumor.labels import TUMOR
+from vistumor.wsi.annotations import TumorAnnotation
+
+
+class Scorer(Protocol):
+    """Tumor probability ``(n,)`` and a raw map ``(n, h, w)`` (or None) per patch."""
+
+    def __call__(self, patches: np.ndarray, x0: np.ndarray, y0: np.ndarray,
+                 size0: float) -> tuple[np.ndarray, np.ndarray | None]: ...
+
+
+class ModelScorer:
+    """A trained classifier with its fast Grad-CAM++.
+
+    Args:
+        precision: ``auto`` (bf16 autocast on a bf16-capable CUDA device, else fp32),
+            ``bf16`` or ``32``.
+    """
+
+    def __init__(self, model, device: torch.device, target_layer: str | None = None,
+                 precision: str = "auto", cams: bool = True):
+        self.model = model.to(device).eval()
+        self.device = device
+        self.size = model.input_size
+        self.cam = FastGradCAMPlusPlus(self.model, target_layer) if cams else None
+        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        self.bf16 = precision == "bf16" or (precision == "auto" and bf16)
+
+    def _images(self, patches: np.ndarray) -> torch.Tensor:
+        batch = torch.from_numpy(patches)
+        if self.device.type == "cuda":
+            batch = batch.pin_memory()
+        x = batch.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
+        if x.shape[-1] != self.size:  # area-like antialiased resize, as the training loader's
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True,
+                              align_corners=False)
+        return x
+
+    def __call__(self, patches, x0, y0, size0):
+        x = self._images(patches)
+        autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16
+                    else contextlib.nullcontext())
+        if self.cam is None:
+            with torch.inference_mode(), autocast:
+                logits = self.model(x)
+            return logits.float().softmax(1)[:, TUMOR].cpu().numpy(), None
+        with gradients(self.model), autocast:
+            logits, raw = self.cam.raw(x, [TUMOR] * len(x))
+        return logits.float().softmax(1)[:, TUMOR].cpu().numpy(), raw.float().cpu().numpy()
+
+
+class OracleScorer:
+    """A perfect model: probability = the patch's annotated tumor fraction, map = the
+    annotation rasterised on a ``cells x cells`` grid. Runs the real grid -> heatmap ->
+    lesion -> export path with a known answer (alignment tests, benchmarks)."""
+
+    def __init__(self, annotation: TumorAnnotation, cells: int = 7):
+        self.annotation, self.cells = annotation, cells
+
+    def __call__(self, patches, x0, y0, size0):
+        prob = self.annotation.tumor_fractions(x0, y0, size0, size0)
+        maps = np.stack([self.annotation.rasterize(x, y, size0, size0, out_shape=(self.cells,) * 2)
+                         for x, y in zip(x0, y0, strict=True)]).astype(np.float32)
+        return prob, maps

@@ -1,0 +1,120 @@
+"""Where a slide's patches are, at the scale a checkpoint was trained on, and how to read them.
+
+Everything is in level-0 pixels: a patch covers ``size0`` px, patches are ``stride0`` px
+apart, and the probability heatmap has one cell per ``stride0 x stride0`` block from the
+slide's origin. The pixels come from the coarsest pyramid level that is still at least as
+fine as the model's input (a 512 px level-0 patch resized to 224 reads 256 px at level 1):
+only the reading level changes, never where a patch is.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from vistumor.tasks.config import build
+from vistumor.tiling.grid import GridSpec, box_fractions, grid_coordinates, keep_tissue
+from vistumor.tiling.params import GridParams
+from vistumor.tiling.slide_grid import grid_spec
+from vistumor.tiling.tissue import TissueParams, tissue_mask
+from vistumor.wsi.slide import Slide
+
+
+@dataclass
+class SlideGrid:
+    """One slide's tissue patches and how they are read.
+
+    Attributes:
+        width0, height0: level-0 slide size.
+        size0, stride0: patch edge and patch spacing in level-0 px (``stride0`` is the cell size).
+        x0, y0: level-0 top-left corners of the tissue patches, row-major.
+        read_level, read_downsample: the level pixels are decoded at, and its downsample.
+        read_size: patch edge in ``read_level`` px.
+        mpp: microns per level-0 px (None when unknown).
+        thumbnail, thumb_downsample, tissue: the tissue mask's image, scale and mask.
+    """
+
+    width0: int
+    height0: int
+    size0: float
+    stride0: float
+    x0: np.ndarray
+    y0: np.ndarray
+    read_level: int
+    read_downsample: float
+    read_size: int
+    mpp: float | None
+    thumbnail: np.ndarray
+    thumb_downsample: float
+    tissue: np.ndarray
+
+    @property
+    def cells(self) -> tuple[int, int]:
+        """Heatmap shape ``(rows, cols)``: ``stride0`` cells covering the slide from its origin."""
+        return math.ceil(self.height0 / self.stride0), math.ceil(self.width0 / self.stride0)
+
+    @property
+    def cell_um(self) -> float | None:
+        return self.stride0 * self.mpp if self.mpp else None
+
+    def __len__(self) -> int:
+        return len(self.x0)
+
+
+def plan_grid(
+    slide: Slide, tiling: Mapping[str, Any], input_size: int, stride: int | None = None,
+    min_tissue_fraction: float | None = None, read_level: int | str = "auto",
+) -> SlideGrid:
+    """The tissue grid of ``slide`` for a model trained with manifest tiling ``tiling``.
+
+    Args:
+        tiling: the checkpoint's ``tiling`` (``grid``, ``tissue``): patch size, level or
+            µm/px, tissue-mask parameters.
+        input_size: the model's input edge (what a patch is resized to).
+        stride: patch spacing in px at the patch's resolution; None = half a patch.
+        min_tissue_fraction: keep patches with this much tissue; None = as in training.
+        read_level: ``auto`` (coarsest level at least as fine as the input) or a level.
+    """
+    grid = build(GridParams, {**tiling["grid"], "stride": None}, "checkpoint tiling.grid")
+    tissue_params = build(TissueParams, tiling["tissue"], "checkpoint tiling.tissue")
+    spec = grid_spec(slide, grid)
+    stride0 = (stride if stride else grid.patch_size / 2) * spec.size0 / grid.patch_size
+    spec = GridSpec(spec.level, spec.read_size, spec.size0, stride0)
+    width0, height0 = slide.dimensions
+    thumb, thumb_ds = slide.thumbnail(min(tissue_params.downsample, spec.size0 / 8))
+    tissue = tissue_mask(thumb, tissue_params)
+    x0, y0 = grid_coordinates(width0, height0, spec)
+    fraction = box_fractions(tissue, thumb_ds, x0, y0, spec.size0)
+    min_tissue = grid.min_tissue_fraction if min_tissue_fraction is None else min_tissue_fraction
+    keep = keep_tissue(fraction, min_tissue)
+    level = reading_level(slide, spec.size0, input_size) if read_level == "auto" else int(read_level)
+    downsample = slide.level_downsamples[level]
+    return SlideGrid(
+        width0=width0, height0=height0, size0=spec.size0, stride0=stride0, x0=x0[keep], y0=y0[keep],
+        read_level=level, read_downsample=downsample, read_size=int(round(spec.size0 / downsample)),
+        mpp=slide.mpp, thumbnail=thumb, thumb_downsample=thumb_ds, tissue=tissue,
+    )
+
+
+def reading_level(slide: Slide, size0: float, input_size: int) -> int:
+    """The coarsest level whose pixels are still at least as fine as the model's input:
+    downsample ``<= size0 / input_size`` (level 0 when none is coarser)."""
+    limit = size0 / input_size * (1 + 1e-6)
+    fine_enough = [lv for lv, ds in enumerate(slide.level_downsamples) if ds <= limit]
+    return max(fine_enough) if fine_enough else 0
+
+
+def cell_spans(grid: SlideGrid) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per patch, the heatmap cells it covers: rows ``[r0, r1)`` and columns ``[c0, c1)``.
+
+    A cell belongs to a patch when the cell's centre ``((c + .5) stride0, (r + .5) stride0)``
+    lies inside the patch (the rule tiling uses for mask pixels).
+    """
+    def first(pos: np.ndarray) -> np.ndarray:
+        return np.ceil(pos / grid.stride0 - 0.5 - 1e-9).astype(np.int64)
+
+    return first(grid.y0), first(grid.y0 + grid.size0), first(grid.x0), first(grid.x0 + grid.size0)

@@ -1,0 +1,113 @@
+"""Which slides to run on: a split of the checkpoint's manifest, every slide of a data
+config, or a folder or list of slide files in any format OpenSlide reads."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from vistumor.errors import ConfigError
+from vistumor.labels import CLASSES, NORMAL, TUMOR
+from vistumor.tiling.catalog import ANNOTATION_SUFFIXES
+from vistumor.tiling.manifest import load_manifest
+
+#: file suffixes OpenSlide reads (a folder is searched for these)
+SLIDE_SUFFIXES = (".tif", ".tiff", ".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide",
+                  ".dcm")
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class SlideInput:
+    """One slide to run on, with what is known about it.
+
+    Attributes:
+        label: ``TUMOR``/``NORMAL`` when known (manifest kind, data layout, reference CSV).
+        annotation: its lesion annotation, when there is one.
+    """
+
+    slide_id: str
+    path: Path
+    label: int | None = None
+    annotation: Path | None = None
+
+
+def from_manifest(manifest_path: str | Path, split: str) -> list[SlideInput]:
+    """The slides of a manifest split (the checkpoint's own test slides, typically)."""
+    manifest = load_manifest(manifest_path)
+    out = []
+    for slide_id, info in sorted(manifest.meta.get("slides", {}).items()):
+        if split in str(info.get("split") or "").split(","):
+            out.append(SlideInput(slide_id, Path(info["path"]), CLASSES.get(info.get("kind")),
+                                  Path(info["annotation"]) if info.get("annotation") else None))
+    if not out:
+        raise ConfigError(f"the manifest has no slide in split '{split}'", manifest_path)
+    return out
+
+
+def from_layout(root: str | Path, layout: Mapping) -> list[SlideInput]:
+    """Every slide a data layout lists (``layout.slides``: kind -> globs; kinds other than
+    normal/tumor are unlabelled unless ``layout.reference`` names a ``slide,label`` CSV)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ConfigError("data folder not found", root)
+    ann_dir = root / layout["annotation_dir"] if layout.get("annotation_dir") else None
+    found: dict[str, SlideInput] = {}
+    for kind, patterns in (layout.get("slides") or {}).items():
+        for pattern in [patterns] if isinstance(patterns, str) else patterns:
+            for path in sorted(root.glob(pattern)):
+                if path.is_file() and not path.name.startswith("."):
+                    found[path.stem] = SlideInput(path.stem, path, CLASSES.get(kind), _annotation(ann_dir, path.stem))
+    reference = layout.get("reference")
+    slides = sorted(found.values(), key=lambda s: s.slide_id)
+    return with_reference(slides, root / reference) if reference else slides
+
+
+def from_files(paths: Sequence[str | Path], annotations: str | Path | None = None) -> list[SlideInput]:
+    """Slide files, or folders searched for them (:data:`SLIDE_SUFFIXES`)."""
+    files: list[Path] = []
+    for given in paths:
+        path = Path(given)
+        if path.is_dir():
+            files += sorted(p for p in path.iterdir() if p.suffix.lower() in SLIDE_SUFFIXES and p.is_file())
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise ConfigError("slide file or folder not found", path)
+    if not files:
+        raise ConfigError(f"no slide files ({', '.join(SLIDE_SUFFIXES)}) in {[str(p) for p in paths]}")
+    ann_dir = Path(annotations) if annotations else None
+    return [SlideInput(p.stem, p, None, _annotation(ann_dir, p.stem)) for p in files]
+
+
+def with_reference(slides: list[SlideInput], reference: str | Path) -> list[SlideInput]:
+    """Labels from a CSV with ``slide,label`` (``tumor``/``normal``, ``Tumor``/``Normal`` or 1/0;
+    slide names matched case-insensitively)."""
+    path = Path(reference)
+    if not path.is_file():
+        raise ConfigError("reference CSV not found", path)
+    table = pd.read_csv(path, dtype=str)
+    table.columns = [c.strip().lower() for c in table.columns]
+    if not {"slide", "label"} <= set(table.columns):
+        table = pd.read_csv(path, dtype=str, header=None).iloc[:, :2]  # the official: no header
+        table.columns = ["slide", "label"]
+    labels = {}
+    for slide, label in zip(table["slide"], table["label"], strict=True):
+        value = str(label).strip().lower()
+        if value not in ("tumor", "normal", "1", "0"):
+            raise ConfigError(f"label {label!r} of slide {slide!r} is not tumor/normal/1/0", path)
+        labels[Path(str(slide).strip()).stem.lower()] = TUMOR if value in ("tumor", "1") else NORMAL
+    return [SlideInput(s.slide_id, s.path, labels.get(s.slide_id.lower(), s.label), s.annotation) for s in slides]
+
+
+def _annotation(folder: Path | None, slide_id: str) -> Path | None:
+    if folder is None:
+        return None
+    for suffix in ANNOTATION_SUFFIXES:
+        for name in (slide_id, slide_id.lower(), slide_id.capitalize()):
+            if (folder / f"{name}{suffix}").is_file():
+                return folder / f"{name}{suffix}"
+    return None

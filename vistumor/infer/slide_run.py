@@ -1,0 +1,143 @@
+"""One slide through every model: the grid, the one pass, and all of its outputs.
+
+Models whose checkpoints share a patch geometry share the reads: each batch of decoded
+patches goes through every model of the group before the next is read.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vistumor.infer.detections import nms_points, slide_score, write_detections
+from vistumor.infer.engine import Scorer
+from vistumor.infer.figures import summary_figure
+from vistumor.infer.geometry import SlideGrid, cell_spans, plan_grid
+from vistumor.infer.heatmap import ProbabilityMap, geometry, heatmap_figure, save_map
+from vistumor.infer.inputs import SlideInput
+from vistumor.infer.lesions import find_lesions, write_lesions
+from vistumor.infer.params import InferParams
+from vistumor.infer.reader import PatchStream
+from vistumor.infer.stitch import CamCanvas, thumbnail_of
+from vistumor.wsi.annotations import TumorAnnotation, read_annotations
+from vistumor.wsi.slide import Slide
+
+
+@dataclass
+class ModelRun:
+    """A model taking part in a run: its name (folder), scorer, checkpoint and patch geometry."""
+
+    name: str
+    scorer: Scorer
+    checkpoint: str
+    tiling: dict
+    input_size: int
+    folder: Path
+    manifest: str | None = None
+
+    def path(self, kind: str, slide_id: str, suffix: str) -> Path:
+        return self.folder / kind / f"{slide_id}{suffix}"
+
+
+OUTPUTS = (("heatmaps", ".npy"), ("heatmaps", ".json"), ("heatmaps", ".png"), ("cams", ".npy"),
+           ("cams", ".json"), ("lesions", ".geojson"), ("lesions", ".xml"), ("detections", ".csv"),
+           ("figures", ".png"))
+
+
+def groups(models: list[ModelRun]) -> list[list[ModelRun]]:
+    """Models that read the same patches (equal patch geometry), in order."""
+    by_grid: dict[str, list[ModelRun]] = defaultdict(list)
+    for m in models:
+        by_grid[json.dumps({k: m.tiling[k] for k in ("grid", "tissue")}, sort_keys=True)].append(m)
+    return list(by_grid.values())
+
+
+def run_slide(item: SlideInput, models: list[ModelRun], params: InferParams) -> dict[str, Any]:
+    """Every output of one slide for every model; returns per-model facts (score, lesions...)."""
+    annotation = read_annotations(item.annotation) if item.annotation else None
+    facts: dict[str, Any] = {}
+    for group in groups(models):
+        start = time.perf_counter()
+        with Slide(item.path, params.mpp, params.mpp_override) as slide:
+            size = max(m.input_size for m in group)
+            grid = plan_grid(slide, group[0].tiling, size, params.grid.stride, params.grid.min_tissue_fraction,
+                             params.read.level)
+        results, stream = one_pass(item, grid, group, params)
+        read_facts = {"patches": len(grid), "decoded_px": stream.decoded, "grid_px": grid_pixels(grid),
+                      "read_level": grid.read_level}
+        seconds = time.perf_counter() - start
+        for m in group:
+            facts[m.name] = {**write_outputs(item, grid, m, *results[m.name], params, annotation),
+                             **read_facts, "seconds": round(seconds, 3)}
+    return facts
+
+
+def one_pass(item: SlideInput, grid: SlideGrid, group: list[ModelRun], params: InferParams):
+    """Decode the grid once; every model scores every batch. Returns per model
+    ``(probability map, cam canvas or None)`` and the stream (for its decode count)."""
+    maps = {m.name: ProbabilityMap(grid) for m in group}
+    canvases: dict[str, CamCanvas | None] = {m.name: None for m in group}
+    stream = PatchStream(item.path, grid, params.batch_size, params.mpp, params.mpp_override,
+                         params.read.block, params.read.threads)
+    try:
+        for indices, patches in stream:
+            x0, y0 = grid.x0[indices], grid.y0[indices]
+            for m in group:
+                prob, cams = m.scorer(patches, x0, y0, grid.size0)
+                maps[m.name].add(indices, prob)
+                if cams is not None and params.cam.enabled:
+                    if canvases[m.name] is None:
+                        canvases[m.name] = CamCanvas(grid, cams.shape[-1], params.cam.px_per_cell,
+                                                     m.folder / "cams")
+                    canvases[m.name].add(indices, prob, cams)
+    except BaseException:
+        for canvas in canvases.values():
+            if canvas is not None:
+                canvas.close()
+        raise
+    return {m.name: (maps[m.name], canvases[m.name]) for m in group}, stream
+
+
+def grid_pixels(grid: SlideGrid) -> int:
+    """Read-level pixels the tissue patches cover (their union), for the decode ratio."""
+    covered = np.zeros(grid.cells, bool)
+    for r0, r1, c0, c1 in zip(*cell_spans(grid), strict=True):
+        covered[max(r0, 0) : r1, max(c0, 0) : c1] = True
+    return int(covered.sum() * (grid.stride0 / grid.read_downsample) ** 2)
+
+
+def write_outputs(item: SlideInput, grid: SlideGrid, m: ModelRun, pmap: ProbabilityMap,
+                  canvas: CamCanvas | None, params: InferParams, annotation: TumorAnnotation | None) -> dict:
+    """Heatmap (npy, json, png), stitched CAM, lesions (GeoJSON, XML), detections, figure."""
+    values = pmap.result()
+    base = {"slide": item.slide_id, "slide_path": str(item.path), "model": m.name, "checkpoint": m.checkpoint,
+            "input_size": m.input_size, "stride": params.grid.stride, **geometry(grid)}
+    save_map(m.path("heatmaps", item.slide_id, ".npy"), values,
+             {**base, "value": "tumor probability: mean of the patches covering the cell; NaN: no tissue patch"})
+    heatmap_figure(m.path("heatmaps", item.slide_id, ".png"), grid.thumbnail, grid.thumb_downsample, values,
+                   grid.stride0, f"{item.slide_id}: {m.name}")
+    cam, cam_px, scale = None, 1.0, 0.0
+    if canvas is not None:
+        try:
+            meta = canvas.save(m.path("cams", item.slide_id, ".npy"), base)
+        finally:
+            canvas.close()
+        scale = meta["scale"]
+        cam, cam_px = thumbnail_of(m.path("cams", item.slide_id, ".npy"), grid.thumbnail.shape[:2])
+    lesions = find_lesions(values, grid.stride0, params.lesions.threshold, grid.mpp, params.lesions.min_cells)
+    write_lesions(m.folder / "lesions", item.slide_id, lesions)
+    d = params.detections
+    radius = d.radius_um / grid.mpp if grid.mpp else d.radius_px
+    points = nms_points(values, grid.stride0, radius, d.min_prob)
+    write_detections(m.path("detections", item.slide_id, ".csv"), points)
+    summary_figure(m.path("figures", item.slide_id, ".png"), grid.thumbnail, grid.thumb_downsample, values,
+                   grid.stride0, cam, cam_px, scale, annotation, lesions, f"{item.slide_id}: {m.name}")
+    return {"score": slide_score(values, params.score.method, params.score.k), "lesions": len(lesions),
+            "detections": len(points), "cam_scale": scale,
+            "largest_lesion_mm2": lesions[0].area_mm2 if lesions else 0.0}

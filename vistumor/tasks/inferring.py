@@ -1,0 +1,145 @@
+"""The whole-slide task: checkpoints + slides -> per-slide heatmaps, lesions, detections,
+scores and figures -> status table, slide tables, evaluation."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from vistumor.errors import ConfigError
+from vistumor.explain.report import unique_names
+from vistumor.files import write_json
+from vistumor.infer import inputs
+from vistumor.infer.batch import merge, run_slides
+from vistumor.infer.engine import ModelScorer
+from vistumor.infer.params import (
+    CamSettings,
+    DetectionSettings,
+    GridSettings,
+    InferParams,
+    LesionSettings,
+    ReadSettings,
+    ScoreSettings,
+)
+from vistumor.infer.slide_run import ModelRun
+from vistumor.labels import name
+from vistumor.model.checkpoints import load_classifier
+from vistumor.model.devices import inference_device
+from vistumor.tasks.config import build, plain
+from vistumor.tasks.tiling import ensure_dataset
+from vistumor.tiling.catalog import shard
+from vistumor.tiling.manifest import load_manifest
+
+log = logging.getLogger(__name__)
+
+STAGES = ("all", "infer", "merge")
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    shard_index: int = 0
+    num_shards: int = 1
+    stage: str = "all"
+    progress: bool = True
+
+
+def infer(cfg: DictConfig) -> dict[str, Any]:
+    """Run the checkpoints over the slides; returns a summary (also ``run.json``)."""
+    params = infer_params(cfg)
+    run = build(RunSettings, plain(cfg.run), "run")
+    if run.stage not in STAGES:
+        raise ConfigError(f"run.stage must be one of {STAGES}, got {run.stage!r}")
+    out = Path(cfg.paths.output_dir)
+    models = load_models(cfg, out, params)
+    items = slide_inputs(cfg, models)
+    mine = shard(items, run.shard_index, run.num_shards)
+    write_json(out / "run.json", run_description(cfg, models, items, params))
+    summary: dict[str, Any] = {"run_dir": str(out), "slides": len(mine),
+                               "models": [m.name for m in models]}
+    records = None
+    if run.stage in ("all", "infer"):
+        records = run_slides(mine, models, params, out, run.progress)
+        for state in ("done", "skipped", "failed"):
+            summary[state] = sum(r["status"] == state for r in records)
+    if run.stage == "merge" or (run.stage == "all" and run.num_shards == 1):
+        summary["tables"] = {k: str(v) for k, v in merge(items, models, out, records).items()}
+    log.info("whole-slide outputs in %s", out)
+    return summary
+
+
+def infer_params(cfg: DictConfig) -> InferParams:
+    return InferParams(
+        grid=build(GridSettings, plain(cfg.grid), "grid"), read=build(ReadSettings, plain(cfg.read), "read"),
+        cam=build(CamSettings, plain(cfg.cam), "cam"), lesions=build(LesionSettings, plain(cfg.lesions), "lesions"),
+        detections=build(DetectionSettings, plain(cfg.detections), "detections"),
+        score=build(ScoreSettings, plain(cfg.score), "score"), batch_size=int(cfg.batch_size),
+        precision=str(cfg.precision), mpp=cfg.data.get("mpp"), mpp_override=cfg.data.get("mpp_override", "missing"),
+    )
+
+
+def checkpoint_paths(cfg: DictConfig) -> list[str]:
+    given = None if OmegaConf.is_missing(cfg, "ckpt_path") else cfg.ckpt_path
+    paths = [given] if isinstance(given, str) else [str(p) for p in (given or [])]
+    if not paths:
+        raise ConfigError("give ckpt_path=<checkpoint> (or a list of checkpoints)")
+    return paths
+
+
+def load_models(cfg: DictConfig, out: Path, params: InferParams) -> list[ModelRun]:
+    """Every checkpoint, checked and loaded before any slide is read, with its patch geometry."""
+    device = inference_device(cfg.device)
+    loaded = [load_classifier(p, device) for p in checkpoint_paths(cfg)]
+    names = [n.replace("#", "-") for n in unique_names([m.hparams.backbone for m in loaded])]
+    return [ModelRun(name, ModelScorer(model, device, params.cam.target_layer, params.precision,
+                                       cams=params.cam.enabled),
+                     model.checkpoint_path, tiling_of(model), model.input_size, out / "models" / name,
+                     model.hparams.get("manifest_path"))
+            for name, model in zip(names, loaded, strict=True)]
+
+
+def tiling_of(model) -> dict:
+    """The patch geometry a checkpoint was trained at: recorded in it, else in its manifest."""
+    tiling = model.hparams.get("tiling")
+    if tiling:
+        return dict(tiling)
+    path = model.hparams.get("manifest_path")
+    if path and Path(path).is_file():
+        return dict(load_manifest(path).meta["tiling"])
+    raise ConfigError("checkpoint records no tiling (patch size, level, tissue mask) and its manifest "
+                      f"is not at hand ({path}); train it from a manifest", model.checkpoint_path)
+
+
+def slide_inputs(cfg: DictConfig, models: list[ModelRun]) -> list[inputs.SlideInput]:
+    """The slides ``cfg.slides`` names (see ``conf/infer.yaml``)."""
+    given = plain(cfg.slides)
+    if isinstance(given, list):
+        items = inputs.from_files(given, cfg.get("annotations"))
+    elif given in inputs.SPLITS:
+        if not models[0].manifest:
+            raise ConfigError(f"slides={given} needs a checkpoint trained from a manifest; give slide files",
+                              models[0].checkpoint)
+        items = inputs.from_manifest(models[0].manifest, given)
+    elif given == "all":
+        items = inputs.from_layout(ensure_dataset(cfg.data), plain(cfg.data.layout))
+    else:
+        items = inputs.from_files([given], cfg.get("annotations"))
+    if cfg.get("reference"):
+        items = inputs.with_reference(items, cfg.reference)
+    if not items:
+        raise ConfigError(f"no slides to run on (slides={given!r})")
+    return items
+
+
+def run_description(cfg: DictConfig, models: list[ModelRun], items, params: InferParams) -> dict:
+    """``run.json``: what the viewer and later stages read about this run."""
+    return {
+        "models": [{"name": m.name, "checkpoint": m.checkpoint, "input_size": m.input_size,
+                    "tiling": m.tiling, "folder": str(m.folder)} for m in models],
+        "slides": [{"slide": s.slide_id, "path": str(s.path), "label": None if s.label is None else name(s.label),
+                    "annotation": str(s.annotation) if s.annotation else None} for s in items],
+        "settings": asdict(params), "settings_hash": params.hash,
+    }
