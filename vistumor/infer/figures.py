@@ -44,7 +44,8 @@ def summary_figure(
     else:
         axes[3].set_title("ground truth (none)", fontsize=8)
     for lesion in lesions:
-        rings = [np.asarray(r.coords) / thumb_ds for r in (lesion.polygon.exterior, *lesion.polygon.interiors)]
+        polygon = lesion.polygon
+        rings = [np.asarray(r.coords) / thumb_ds for r in (polygon.exterior, *polygon.interiors)]
         _outline(axes[4], rings, LESION_COLOUR)
     fig.suptitle(title, fontsize=9)
     return save_figure(fig, path)

@@ -60,7 +60,8 @@ def from_layout(root: str | Path, layout: Mapping) -> list[SlideInput]:
         for pattern in [patterns] if isinstance(patterns, str) else patterns:
             for path in sorted(root.glob(pattern)):
                 if path.is_file() and not path.name.startswith("."):
-                    found[path.stem] = SlideInput(path.stem, path, CLASSES.get(kind), _annotation(ann_dir, path.stem))
+                    annotation = _annotation(ann_dir, path.stem)
+                    found[path.stem] = SlideInput(path.stem, path, CLASSES.get(kind), annotation)
     reference = layout.get("reference")
     slides = sorted(found.values(), key=lambda s: s.slide_id)
     return with_reference(slides, root / reference) if reference else slides
@@ -100,7 +101,8 @@ def with_reference(slides: list[SlideInput], reference: str | Path) -> list[Slid
         if value not in ("tumor", "normal", "1", "0"):
             raise ConfigError(f"label {label!r} of slide {slide!r} is not tumor/normal/1/0", path)
         labels[Path(str(slide).strip()).stem.lower()] = TUMOR if value in ("tumor", "1") else NORMAL
-    return [SlideInput(s.slide_id, s.path, labels.get(s.slide_id.lower(), s.label), s.annotation) for s in slides]
+    return [SlideInput(s.slide_id, s.path, labels.get(s.slide_id.lower(), s.label), s.annotation)
+            for s in slides]
 
 
 def _annotation(folder: Path | None, slide_id: str) -> Path | None:

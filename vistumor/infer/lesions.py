@@ -77,8 +77,8 @@ def to_geojson(lesions: list[Lesion], slide_id: str) -> dict:
         features.append({
             "type": "Feature",
             "id": f"{slide_id}-lesion-{i}",
-            "geometry": {"type": "Polygon",
-                         "coordinates": [[[round(x, 2), round(y, 2)] for x, y in ring.coords] for ring in rings]},
+            "geometry": {"type": "Polygon", "coordinates": [
+                [[round(x, 2), round(y, 2)] for x, y in ring.coords] for ring in rings]},
             "properties": {
                 "objectType": "annotation",
                 "name": f"lesion {i}",
@@ -98,7 +98,8 @@ def to_asap_xml(lesions: list[Lesion]) -> str:
     parts = ['<?xml version="1.0"?>', "<ASAP_Annotations>", "\t<Annotations>"]
     for i, lesion in enumerate(lesions, 1):
         rings = [(TUMOR_CLASS, f"lesion {i}", lesion.polygon.exterior)]
-        rings += [(HOLE_GROUP, f"lesion {i} hole {j}", ring) for j, ring in enumerate(lesion.polygon.interiors, 1)]
+        rings += [(HOLE_GROUP, f"lesion {i} hole {j}", ring)
+                  for j, ring in enumerate(lesion.polygon.interiors, 1)]
         for group, name, ring in rings:
             parts.append(f"\t\t<Annotation Name={quoteattr(name)} Type=\"Polygon\" PartOfGroup="
                          f"\"{group}\" Color=\"{colour if group == TUMOR_CLASS else '#64FE2E'}\">")

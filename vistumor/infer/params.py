@@ -83,7 +83,8 @@ class InferParams:
         if self.score.method not in SCORES:
             raise ConfigError(f"infer.score.method must be one of {SCORES}, got {self.score.method!r}")
         if self.cam.normalize not in CAM_NORMALIZE:
-            raise ConfigError(f"infer.cam.normalize must be one of {CAM_NORMALIZE}, got {self.cam.normalize!r}")
+            raise ConfigError(f"infer.cam.normalize must be one of {CAM_NORMALIZE}, "
+                              f"got {self.cam.normalize!r}")
         if self.read.level != "auto" and not isinstance(self.read.level, int):
             raise ConfigError(f"infer.read.level must be auto or a level number, got {self.read.level!r}")
 

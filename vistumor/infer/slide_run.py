@@ -66,8 +66,8 @@ def run_slide(item: SlideInput, models: list[ModelRun], params: InferParams) -> 
         start = time.perf_counter()
         with Slide(item.path, params.mpp, params.mpp_override) as slide:
             size = max(m.input_size for m in group)
-            grid = plan_grid(slide, group[0].tiling, size, params.grid.stride, params.grid.min_tissue_fraction,
-                             params.read.level)
+            grid = plan_grid(slide, group[0].tiling, size, params.grid.stride,
+                             params.grid.min_tissue_fraction, params.read.level)
         results, stream = one_pass(item, grid, group, params)
         read_facts = {"patches": len(grid), "decoded_px": stream.decoded, "grid_px": grid_pixels(grid),
                       "read_level": grid.read_level}
@@ -118,8 +118,8 @@ def write_outputs(item: SlideInput, grid: SlideGrid, m: ModelRun, pmap: Probabil
     values = pmap.result()
     base = {"slide": item.slide_id, "slide_path": str(item.path), "model": m.name, "checkpoint": m.checkpoint,
             "input_size": m.input_size, "stride": params.grid.stride, **geometry(grid)}
-    save_map(m.path("heatmaps", item.slide_id, ".npy"), values,
-             {**base, "value": "tumor probability: mean of the patches covering the cell; NaN: no tissue patch"})
+    meaning = "tumor probability: mean of the patches covering the cell; NaN: no tissue patch"
+    save_map(m.path("heatmaps", item.slide_id, ".npy"), values, {**base, "value": meaning})
     heatmap_figure(m.path("heatmaps", item.slide_id, ".png"), grid.thumbnail, grid.thumb_downsample, values,
                    grid.stride0, f"{item.slide_id}: {m.name}")
     cam, cam_px, scale = None, 1.0, 0.0

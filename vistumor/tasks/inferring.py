@@ -72,13 +72,11 @@ def infer(cfg: DictConfig) -> dict[str, Any]:
 
 
 def infer_params(cfg: DictConfig) -> InferParams:
-    return InferParams(
-        grid=build(GridSettings, plain(cfg.grid), "grid"), read=build(ReadSettings, plain(cfg.read), "read"),
-        cam=build(CamSettings, plain(cfg.cam), "cam"), lesions=build(LesionSettings, plain(cfg.lesions), "lesions"),
-        detections=build(DetectionSettings, plain(cfg.detections), "detections"),
-        score=build(ScoreSettings, plain(cfg.score), "score"), batch_size=int(cfg.batch_size),
-        precision=str(cfg.precision), mpp=cfg.data.get("mpp"), mpp_override=cfg.data.get("mpp_override", "missing"),
-    )
+    groups = {name: build(cls, plain(cfg[name]), name) for name, cls in (
+        ("grid", GridSettings), ("read", ReadSettings), ("cam", CamSettings), ("lesions", LesionSettings),
+        ("detections", DetectionSettings), ("score", ScoreSettings))}
+    return InferParams(**groups, batch_size=int(cfg.batch_size), precision=str(cfg.precision),
+                       mpp=cfg.data.get("mpp"), mpp_override=cfg.data.get("mpp_override", "missing"))
 
 
 def checkpoint_paths(cfg: DictConfig) -> list[str]:
@@ -139,7 +137,8 @@ def run_description(cfg: DictConfig, models: list[ModelRun], items, params: Infe
     return {
         "models": [{"name": m.name, "checkpoint": m.checkpoint, "input_size": m.input_size,
                     "tiling": m.tiling, "folder": str(m.folder)} for m in models],
-        "slides": [{"slide": s.slide_id, "path": str(s.path), "label": None if s.label is None else name(s.label),
+        "slides": [{"slide": s.slide_id, "path": str(s.path),
+                    "label": None if s.label is None else name(s.label),
                     "annotation": str(s.annotation) if s.annotation else None} for s in items],
         "settings": asdict(params), "settings_hash": params.hash,
     }
