@@ -10,7 +10,10 @@ MODEL ?= efficientnet_lite0
 DATA ?= synthetic
 ARGS ?=
 DEMO := outputs/demo
-# offline, hub backbones (resnet50, densenet201, ...) fall back to random weights with a warning
+# Offline needs no flag: a run checks once (<= 1.5 s) whether the Hugging Face hub answers; if not
+# (or with HF_HUB_OFFLINE=1, which skips the check) hub backbones (resnet50, densenet201, ...) load
+# from the local HF cache, and the uncached ones fall back to random weights with a warning
+# (FALLBACK=error refuses instead). W&B without an API key runs offline and opens no outside connection.
 FALLBACK ?= random
 
 .DEFAULT_GOAL := help
@@ -40,10 +43,10 @@ data: $(STAMP) ## Generate the synthetic CAMELYON16-like dataset into data/synth
 tile: $(STAMP) ## Tile slides into a manifest (DATA=synthetic|camelyon16, ARGS=overrides)
 	$(PY) tiling.py data=$(DATA) $(ARGS)
 
-train: $(STAMP) ## Train one model (MODEL=efficientnet_lite0|resnet50|densenet201|efficientnet_b7|small_cnn, DATA=...)
+train: $(STAMP) ## Train one model (MODEL=efficientnet_lite0|resnet50|densenet201|efficientnet_b7|small_cnn, DATA=...); works offline
 	$(PY) train.py model=$(MODEL) data=$(DATA) model.weights_fallback=$(FALLBACK) $(ARGS)
 
-sweep: $(STAMP) ## The paper's three backbones as a Hydra multirun + comparison table
+sweep: $(STAMP) ## The paper's three backbones as a Hydra multirun + comparison table; offline: cached or random weights
 	$(PY) train.py -m hparams_search=architectures data=$(DATA) model.weights_fallback=$(FALLBACK) $(ARGS)
 
 explain: $(STAMP) ## Explain checkpoints: make explain ARGS="ckpt_path=..."

@@ -117,6 +117,89 @@ def test_hub_weights_offline_fail_fast_with_both_ways_out(tmp_path, monkeypatch)
     assert "model.weights_path" in message and "online" in message and "\n" not in message
 
 
+def fill_hub_cache(cache, model_name: str, state: dict[str, torch.Tensor]) -> None:
+    """Put ``state`` where huggingface_hub keeps ``model.safetensors`` of timm's default tag."""
+    from safetensors.torch import save_file
+
+    repo = timm.models.get_pretrained_cfg(model_name).hf_hub_id  # timm/test_resnet.r160_in1k
+    folder = cache / f"models--{repo.replace('/', '--')}"
+    commit = "0" * 40
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text(commit)
+    snapshot = folder / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, snapshot / "model.safetensors")
+
+
+@pytest.fixture
+def unreachable_hub(monkeypatch, tmp_path):
+    """No HF_HUB_OFFLINE, a hub that does not answer, and an empty cache (``tmp_path / "hub"``)."""
+    from huggingface_hub import constants
+
+    probed = []
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(backbones, "_answers", lambda host, port: probed.append((host, port)) or False)
+    return probed
+
+
+def test_unreachable_hub_loads_cached_weights_and_fails_fast_on_the_rest(unreachable_hub, tmp_path):
+    from huggingface_hub import constants
+
+    imagenet = timm.create_model("test_resnet")  # 1000 classes, random
+    fill_hub_cache(tmp_path / "hub", "test_resnet", imagenet.state_dict())
+    model, weights = create_backbone("test_resnet", pretrained=True)
+    assert weights == "imagenet (timm hub)" and unreachable_hub
+    source = imagenet.state_dict()
+    for name, value in model.state_dict().items():
+        if name not in HEAD:
+            assert torch.equal(value, source[name]), name
+    assert constants.HF_HUB_OFFLINE is False  # forced only for the call
+
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match="Hugging Face hub unreachable") as err:
+        create_backbone("test_efficientnet", pretrained=True)  # not in the cache
+    assert time.perf_counter() - start < 10
+    assert "model.weights_path" in str(err.value) and "\n" not in str(err.value)
+    assert constants.HF_HUB_OFFLINE is False
+
+
+def test_offline_variable_skips_the_probe(monkeypatch):
+    from huggingface_hub import constants
+
+    def no_probe(host, port):
+        raise AssertionError(f"probed {host}:{port} although HF_HUB_OFFLINE is set")
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(backbones, "_answers", no_probe)
+    assert backbones.hub_offline() == "HF_HUB_OFFLINE is set"
+
+
+def test_the_probe_asks_the_endpoint_or_its_proxy(monkeypatch):
+    for name in ("https_proxy", "HTTPS_PROXY", "no_proxy", "NO_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    assert backbones._hub_address("https://huggingface.co") == ("huggingface.co", 443)
+    assert backbones._hub_address("http://hf-mirror.lan:8080") == ("hf-mirror.lan", 8080)
+    monkeypatch.setenv("https_proxy", "http://proxy.lan:3128")
+    assert backbones._hub_address("https://huggingface.co") == ("proxy.lan", 3128)
+    monkeypatch.setenv("no_proxy", "huggingface.co")
+    assert backbones._hub_address("https://huggingface.co") == ("huggingface.co", 443)
+
+
+def test_the_probe_answers_on_loopback():
+    import socket
+
+    answers = backbones._answers.__wrapped__  # uncached
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        assert answers(*server.getsockname())
+    with socket.socket() as closed:  # a port nobody listens on any more
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    start = time.perf_counter()
+    assert not answers("127.0.0.1", port)
+    assert time.perf_counter() - start < backbones.HUB_TIMEOUT_S + 1
+
+
 @pytest.mark.parametrize(
     ("freeze", "trainable"),
     [

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -14,8 +13,8 @@ from vistumor.errors import VisTumorError
 
 log = logging.getLogger("vistumor")
 
-# Offline-friendly defaults; a user's own environment wins.
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+# Offline-friendly defaults (NO_ALBUMENTATIONS_UPDATE) are set in vistumor/__init__.py, which every
+# import of the package runs first.
 
 #: config keys that moved, old path -> new path (a stale override gets one line naming the new one)
 MOVED = {

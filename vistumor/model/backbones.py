@@ -7,7 +7,11 @@ Weight sources, in order of precedence:
   module order onto timm's ``tf_efficientnet_lite0``; works with no network at all.
 * ``weights_path=/path/file.pth|.safetensors``: a local file (air-gapped hospitals), loaded by
   timm through ``pretrained_cfg_overlay=dict(file=...)``.
-* ``pretrained=True``: timm's hub (Hugging Face), when online or cached.
+* ``pretrained=True``: timm's hub (Hugging Face), when online or cached. Whether the hub
+  answers is checked once per process (:func:`hub_offline`, ~1.5 s at most); when it does not,
+  or ``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE`` is set, timm reads the local cache only, so
+  cached weights load and uncached ones fail (or fall back) at once instead of after
+  huggingface_hub's ~46 s of retries.
 
 Everything else about the model comes from timm's own contracts (``num_features``,
 ``reset_classifier``, ``forward_features``/``forward_head``, ``feature_info``,
@@ -16,9 +20,16 @@ Everything else about the model comes from timm's own contracts (``num_features`
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import functools
 import logging
+import socket
+import threading
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import timm
 import torch
@@ -89,10 +100,14 @@ def _with_weights(
         return model, f"file:{path}"
     if not pretrained:
         return timm.create_model(name, pretrained=False, **kwargs), "random"
+    offline = hub_offline()
     try:
-        return timm.create_model(name, pretrained=True, **kwargs), "imagenet (timm hub)"
+        with _local_hub_only(offline is not None):
+            return timm.create_model(name, pretrained=True, **kwargs), "imagenet (timm hub)"
     except Exception as err:  # hub errors come in many types (OSError, HF errors, URLError...)
         reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        if offline:
+            reason = f"{offline}; {reason}"
         if fallback == "random":
             log.warning("backbone '%s': ImageNet weights unavailable (%s); training from RANDOM "
                         "weights (model.weights_fallback=random)", name, reason)
@@ -103,6 +118,78 @@ def _with_weights(
             "model.weights_path at a local .pth/.safetensors file; model.pretrained=false "
             "trains from scratch"
         ) from err
+
+
+# -- is the hub there? -------------------------------------------------------------------------
+
+#: seconds the hub (or the HTTPS proxy in front of it) has to accept a connection
+HUB_TIMEOUT_S = 1.5
+
+
+def hub_offline() -> str | None:
+    """Why hub look-ups must stay in the local cache, or ``None`` when the hub answers.
+
+    ``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE`` (read by huggingface_hub at import) skip the
+    check; otherwise one TCP connect to the hub's host (``HF_ENDPOINT``, default
+    huggingface.co:443), or to the HTTPS proxy that would carry the request, decides, once per
+    process. Offline, huggingface_hub would otherwise retry each file five times with backoff
+    (~46 s and 12 warnings for a backbone it then cannot load).
+    """
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    host, port = _hub_address(constants.ENDPOINT)
+    if _answers(host, port):
+        return None
+    return f"Hugging Face hub unreachable: {host}:{port} did not answer within {HUB_TIMEOUT_S} s"
+
+
+def _hub_address(endpoint: str) -> tuple[str, int]:
+    """The host and port a request to ``endpoint`` connects to first: the proxy, if one applies."""
+    url = urlsplit(endpoint)
+    host = url.hostname or "huggingface.co"
+    proxy = urllib.request.getproxies().get(url.scheme)
+    if proxy and not urllib.request.proxy_bypass(host):
+        proxy_url = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        if proxy_url.hostname:
+            return proxy_url.hostname, proxy_url.port or (443 if proxy_url.scheme == "https" else 80)
+    return host, url.port or (443 if url.scheme == "https" else 80)
+
+
+@functools.cache
+def _answers(host: str, port: int) -> bool:
+    """Whether ``host:port`` accepts a TCP connection within :data:`HUB_TIMEOUT_S`.
+
+    The connect runs in a daemon thread so that a slow DNS resolver (getaddrinfo has no
+    timeout) cannot stretch the wait either.
+    """
+    answered = threading.Event()
+
+    def connect() -> None:
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=HUB_TIMEOUT_S):
+            answered.set()
+
+    thread = threading.Thread(target=connect, name="hub-probe", daemon=True)
+    thread.start()
+    thread.join(HUB_TIMEOUT_S)
+    return answered.is_set()
+
+
+@contextlib.contextmanager
+def _local_hub_only(local: bool) -> Iterator[None]:
+    """huggingface_hub in offline mode for the block (it reads the module constant per call):
+    cached files resolve, missing ones raise at once."""
+    from huggingface_hub import constants
+
+    if not local or constants.HF_HUB_OFFLINE:
+        yield
+        return
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = False
 
 
 def init_head(model: nn.Module) -> None:

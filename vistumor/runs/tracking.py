@@ -2,7 +2,8 @@
 
 W&B runs online with an API key, offline without one (``wandb sync`` uploads later) and
 ``disabled`` when ``WANDB_MODE=disabled`` (the tests). Asking for ``online`` without a key
-is a configuration error, not a hang or a prompt.
+is a configuration error, not a hang or a prompt. Offline opens no outside connection
+(:func:`quiet_offline`).
 """
 
 from __future__ import annotations
@@ -50,6 +51,20 @@ def wandb_mode(requested: str | None) -> str:
     return mode
 
 
+def quiet_offline(mode: str) -> None:
+    """Keep an offline W&B run off the network.
+
+    Offline, wandb's Python side only talks to its local service process (``wandb-core``, over
+    a Unix or localhost socket), but that process still reports errors and telemetry: one DNS
+    look-up of ``api.forge.coreweave.com`` per run (wandb 0.31, seen with ``strace -f``).
+    ``WANDB_ERROR_REPORTING=false`` starts it with ``--no-observability`` and switches the
+    Python-side telemetry off too. Set before the service starts (the first run of the
+    process); a user's own setting wins.
+    """
+    if mode == "offline":
+        os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
+
+
 def build_loggers(cfg: DictConfig | None) -> list[Logger]:
     """Loggers from ``cfg.logger`` (name -> ``_target_`` node); W&B gets its resolved mode."""
     loggers = []
@@ -61,6 +76,7 @@ def build_loggers(cfg: DictConfig | None) -> list[Logger]:
             if mode == "disabled":
                 log.info("W&B disabled")
                 continue
+            quiet_offline(mode)
             node = OmegaConf.merge(node, {"mode": mode})
         log.info("logger %s: %s", name, node["_target_"])
         loggers.append(instantiate(node))
@@ -83,6 +99,7 @@ def log_table(project: str, group: str | None, name: str, columns: list[str],
     mode = wandb_mode(mode)
     if mode == "disabled":
         return
+    quiet_offline(mode)
     import wandb
 
     run = wandb.init(project=project, group=group, name=name, job_type="comparison",
