@@ -19,6 +19,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -26,7 +27,7 @@ import pytest
 import tifffile
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 # Offline and quiet before any test module imports albumentations, wandb or the HF hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -357,3 +358,66 @@ class CrashAt:
                     raise SystemExit(f"killed in epoch {epoch}")
 
         return _Crash()
+
+
+# -- a trained checkpoint, for the stages after training ------------------------------------------
+
+
+#: tiling and data overrides shared by the ``trained`` run and the stages that use it
+DATA = (
+    "data=camelyon16",
+    "data.generate=null",
+    f"tiling.grid.patch_size={PATCH}",
+    f"tiling.tissue.downsample={MASK_DOWNSAMPLE}",
+    "tiling.run.workers=1",
+    "tiling.run.progress=false",
+)
+TRAIN = (
+    "data.tile_if_missing=true",
+    "model=small_cnn",
+    "trainer=cpu",
+    "trainer.max_epochs=2",
+    "+trainer.enable_progress_bar=false",
+    "logger=csv",
+    f"model.image_size={PATCH}",
+    "data.datamodule.batch_size=8",
+    "data.datamodule.num_workers=0",
+    "data.datamodule.persistent_workers=false",
+)
+
+
+def compose_stage(name: str, root: Path, data_root: Path, out: Path, *overrides: str):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(name, overrides=[*DATA, f"paths.root_dir={root}", f"data.root={data_root}", *overrides],
+                      return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out)
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def trained(dataset, tmp_path_factory) -> SimpleNamespace:
+    """test_resnet trained 2 epochs at 64 px with the default callbacks (CamMonitor included)."""
+    import pandas as pd
+
+    from vistumor.tasks import train
+
+    root = tmp_path_factory.mktemp("explain")
+    run = root / "run"
+    result = train(compose_stage("train", root, dataset.root, run, *TRAIN))
+    manifest = pd.read_csv(next((root / "outputs" / "tiles").glob("*/*/manifest.csv")))
+    return SimpleNamespace(root=root, data=dataset.root, run=run, result=result, manifest=manifest,
+                           last=run / "checkpoints" / "last.ckpt")
+
+
+@pytest.fixture(scope="session")
+def resized(trained) -> Path:
+    """The trained weights as a checkpoint of another input size (48 px): a second 'architecture'."""
+    import torch
+
+    ckpt = torch.load(trained.last, map_location="cpu", weights_only=True)
+    ckpt["hyper_parameters"]["image_size"] = 48
+    path = trained.root / "resized48.ckpt"
+    torch.save({"hyper_parameters": ckpt["hyper_parameters"], "state_dict": ckpt["state_dict"]}, path)
+    return path

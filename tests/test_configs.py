@@ -16,6 +16,7 @@ from lightning.pytorch.strategies import DDPStrategy
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vistumor.cli import MOVED, moved_key
+from vistumor.config import plain
 from vistumor.data.augment import HEDJitter, build_pipeline
 from vistumor.data.datamodule import PatchDataModule
 from vistumor.data.features import FeatureCache
@@ -26,7 +27,6 @@ from vistumor.model.classifier import PatchClassifier
 from vistumor.runs import tracking
 from vistumor.runs.callbacks import LearningCurves, RunCheckpoint, Throughput
 from vistumor.runs.compare import CompareCallback
-from vistumor.tasks.config import plain
 from vistumor.tasks.tiling import tiling_params
 from vistumor.tasks.training import build_trainer
 

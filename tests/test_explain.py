@@ -18,9 +18,7 @@ import pandas as pd
 import psutil
 import pytest
 import torch
-from conftest import CONF, MASK_DOWNSAMPLE, PATCH, PROJECT
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
+from conftest import DATA, PROJECT, compose_stage
 from omegaconf import open_dict
 from PIL import Image
 
@@ -33,64 +31,8 @@ from vistumor.model.checkpoints import load_classifier
 from vistumor.model.classifier import PatchClassifier
 
 SCORE_KEYS = [f"cam_{n}" for n in NAMES]
-#: tiling and data overrides shared by the training run and every explain call
-DATA = (
-    "data=camelyon16",
-    "data.generate=null",
-    f"tiling.grid.patch_size={PATCH}",
-    f"tiling.tissue.downsample={MASK_DOWNSAMPLE}",
-    "tiling.run.workers=1",
-    "tiling.run.progress=false",
-)
-TRAIN = (
-    "data.tile_if_missing=true",
-    "model=small_cnn",
-    "trainer=cpu",
-    "trainer.max_epochs=2",
-    "+trainer.enable_progress_bar=false",
-    "logger=csv",
-    f"model.image_size={PATCH}",
-    "data.datamodule.batch_size=8",
-    "data.datamodule.num_workers=0",
-    "data.datamodule.persistent_workers=false",
-)
-
-
-def compose_cfg(name: str, root: Path, data_root: Path, out: Path, *overrides: str):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(name, overrides=[*DATA, f"paths.root_dir={root}", f"data.root={data_root}", *overrides],
-                      return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(out)
-    return cfg
-
-
-@pytest.fixture(scope="module")
-def trained(dataset, tmp_path_factory) -> SimpleNamespace:
-    """test_resnet trained 2 epochs at 64 px with the default callbacks (CamMonitor included)."""
-    from vistumor.tasks import train
-
-    root = tmp_path_factory.mktemp("explain")
-    run = root / "run"
-    result = train(compose_cfg("train", root, dataset.root, run, *TRAIN))
-    manifest = pd.read_csv(next((root / "outputs" / "tiles").glob("*/*/manifest.csv")))
-    return SimpleNamespace(root=root, data=dataset.root, run=run, result=result, manifest=manifest,
-                           last=run / "checkpoints" / "last.ckpt")
-
-
-@pytest.fixture(scope="module")
-def resized(trained) -> Path:
-    """The trained weights as a checkpoint of another input size (48 px): a second 'architecture'."""
-    ckpt = torch.load(trained.last, map_location="cpu", weights_only=True)
-    ckpt["hyper_parameters"]["image_size"] = 48
-    path = trained.root / "resized48.ckpt"
-    torch.save({"hyper_parameters": ckpt["hyper_parameters"], "state_dict": ckpt["state_dict"]}, path)
-    return path
-
-
 def explain_cfg(trained, out: Path, *overrides: str, ckpt: str | None = None):
-    return compose_cfg("explain", trained.root, trained.data, out, "device=cpu",
+    return compose_stage("explain", trained.root, trained.data, out, "device=cpu",
                        f"ckpt_path={ckpt or trained.last}", *overrides)
 
 

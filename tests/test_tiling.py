@@ -39,8 +39,8 @@ from hydra.utils import get_class
 from omegaconf import OmegaConf
 
 from vistumor.cli import run_task
+from vistumor.config import build
 from vistumor.errors import ConfigError, ManifestError
-from vistumor.tasks.config import build
 from vistumor.tasks.tiling import slide_results_dir, tile, tiling_params
 from vistumor.tiling import jobs as slide_jobs
 from vistumor.tiling.grid import AMBIGUOUS, NORMAL, TUMOR

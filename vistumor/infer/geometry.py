@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from vistumor.tasks.config import build
+from vistumor.config import build
 from vistumor.tiling.grid import GridSpec, box_fractions, grid_coordinates, keep_tissue
 from vistumor.tiling.params import GridParams
 from vistumor.tiling.slide_grid import grid_spec

@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from vistumor.config import plain
 from vistumor.data.images import ImagePatchDataset, image_samples
 from vistumor.data.patches import PatchDataset, read_items
 from vistumor.errors import ConfigError
@@ -30,7 +31,6 @@ from vistumor.labels import OUTCOMES, TUMOR
 from vistumor.model.checkpoints import load_classifier
 from vistumor.model.devices import inference_device
 from vistumor.model.inference import tumor_probability
-from vistumor.tasks.config import plain
 from vistumor.tiling.manifest import load_manifest
 
 log = logging.getLogger(__name__)

@@ -10,6 +10,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from vistumor.config import build, plain
 from vistumor.errors import ConfigError
 from vistumor.explain.report import unique_names
 from vistumor.files import write_json
@@ -29,7 +30,6 @@ from vistumor.infer.slide_run import ModelRun
 from vistumor.labels import name
 from vistumor.model.checkpoints import load_classifier
 from vistumor.model.devices import inference_device
-from vistumor.tasks.config import build, plain
 from vistumor.tasks.tiling import ensure_dataset
 from vistumor.tiling.catalog import shard
 from vistumor.tiling.manifest import load_manifest

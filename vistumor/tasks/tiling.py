@@ -9,8 +9,8 @@ from typing import Any
 from omegaconf import DictConfig
 
 from vistumor import synthetic
+from vistumor.config import build, plain
 from vistumor.errors import ConfigError
-from vistumor.tasks.config import build, plain
 from vistumor.tiling import catalog
 from vistumor.tiling.jobs import RunParams, run_slides
 from vistumor.tiling.merge import manifest_spec, merge, write_status_table

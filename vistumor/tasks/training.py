@@ -15,6 +15,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from vistumor.config import plain
 from vistumor.data.datamodule import PatchDataModule
 from vistumor.errors import BadPatchError, VisTumorError
 from vistumor.files import atomic_path, write_json
@@ -25,7 +26,6 @@ from vistumor.model.classifier import PatchClassifier
 from vistumor.runs import figures, tracking
 from vistumor.runs.callbacks import Throughput
 from vistumor.tasks import tiling as tiling_task
-from vistumor.tasks.config import plain
 from vistumor.tiling import manifest
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""Configuration helpers shared by the tasks: typed parameters from config nodes."""
+"""Configuration helpers shared by every stage: typed parameters from config nodes."""
 
 from __future__ import annotations
 

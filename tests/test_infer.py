@@ -1,0 +1,162 @@
+"""The whole-slide stage, piece by piece, on hand-computed inputs: reading, the heatmap,
+the Grad-CAM++ canvas, lesions and their exports, detections and scores."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import shapely
+from conftest import tissue_image
+
+from vistumor.infer.detections import nms_points, slide_score, write_detections
+from vistumor.infer.geometry import SlideGrid, cell_spans, reading_level
+from vistumor.infer.heatmap import ProbabilityMap
+from vistumor.infer.lesions import find_lesions, to_asap_xml, to_geojson, write_lesions
+from vistumor.infer.reader import PatchStream, plan_blocks
+from vistumor.infer.stitch import CamCanvas, hann
+from vistumor.wsi.annotations import read_annotations
+from vistumor.wsi.slide import Slide
+
+
+def grid_of(x0, y0, size0=64.0, stride0=32.0, width0=256, height0=128, read_downsample=1.0, read_level=0,
+            mpp=0.5) -> SlideGrid:
+    """A hand-made grid (no slide needed)."""
+    return SlideGrid(width0, height0, size0, stride0, np.asarray(x0), np.asarray(y0), read_level,
+                     read_downsample, int(round(size0 / read_downsample)), mpp, np.zeros((8, 16, 3), np.uint8),
+                     16.0, np.ones((8, 16), bool))
+
+
+# -- geometry and the heatmap ------------------------------------------------------------------
+
+
+def test_cells_a_patch_covers_are_those_whose_centre_it_holds():
+    grid = grid_of([0, 32, 96], [0, 0, 32])
+    r0, r1, c0, c1 = cell_spans(grid)
+    assert grid.cells == (4, 8)  # 128 / 32, 256 / 32
+    assert (r0.tolist(), r1.tolist(), c0.tolist(), c1.tolist()) == ([0, 0, 1], [2, 2, 3], [0, 1, 3], [2, 3, 5])
+
+
+def test_heatmap_cell_is_the_mean_of_the_patches_covering_it():
+    grid = grid_of([0, 32], [0, 0])  # two patches overlapping on column 1
+    pmap = ProbabilityMap(grid)
+    pmap.add(np.array([0, 1]), np.array([0.2, 0.8]))
+    values = pmap.result()
+    assert values[0, :3].tolist() == pytest.approx([0.2, 0.5, 0.8])
+    assert values[1, :3].tolist() == pytest.approx([0.2, 0.5, 0.8])
+    assert np.isnan(values[2:]).all() and np.isnan(values[:, 3:]).all()  # no tissue patch: NaN
+
+
+def test_reading_level_is_the_coarsest_still_fine_enough(tiny_tiff):
+    path = tiny_tiff("levels.tif", tissue_image(), levels=3)  # downsamples 1, 2, 4
+    with Slide(path) as slide:
+        assert reading_level(slide, 512, 224) == 1  # 512 / 224 = 2.29: level 1 (2), not level 2 (4)
+        assert reading_level(slide, 512, 128) == 2  # exactly 4
+        assert reading_level(slide, 256, 224) == 0
+
+
+# -- reading each pixel about once --------------------------------------------------------------
+
+
+def test_blocks_decode_each_pixel_about_once_and_cut_the_same_pixels(tiny_tiff):
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (512, 768, 3), dtype=np.uint8)
+    path = tiny_tiff("noise.tif", image, compression="zlib", levels=2)
+    xs, ys = np.meshgrid(np.arange(0, 768 - 63, 32), np.arange(0, 512 - 63, 32))  # stride half a patch
+    grid = grid_of(xs.ravel(), ys.ravel(), width0=768, height0=512, read_downsample=2.0, read_level=1)
+    stream = PatchStream(path, grid, batch_size=37, block=8, threads=2)
+    seen = np.zeros(len(grid), int)
+    with Slide(path) as slide:
+        for indices, patches in stream:
+            seen[indices] += 1
+            for i, patch in zip(indices, patches, strict=True):
+                direct = slide.read_region(int(grid.x0[i]), int(grid.y0[i]), 1, 32, 32)
+                assert np.array_equal(patch, direct)
+    assert (seen == 1).all()
+    # 23 x 15 positions (level-1 stride 16, patch 32) in blocks of 8 x 8: 3 x 2 blocks whose
+    # regions are 144, 144, 128 px wide (7 * 16 + 32, 6 * 16 + 32) and 144, 128 px high
+    assert len(plan_blocks(grid, 8)) == 6
+    union = 384 * 256  # the grid covers the whole level-1 image
+    assert stream.decoded == (144 + 144 + 128) * (144 + 128)
+    assert stream.decoded / union == pytest.approx(1.151, abs=1e-3)  # a patch-by-patch reader: ~4
+
+
+# -- the Grad-CAM++ canvas ----------------------------------------------------------------------
+
+
+def test_canvas_weights_maps_by_probability_and_blends_overlaps(tmp_path):
+    grid = grid_of([0, 32, 160], [0, 0, 0])
+    canvas = CamCanvas(grid, cam_cells=2, px_per_cell=4, folder=tmp_path / "cams")
+    assert canvas.out_px0 == 8 and canvas.shape == (16, 32)  # 64 level-0 px -> 8 output px
+    ones = np.ones((3, 2, 2), np.float32)
+    canvas.add(np.array([0, 1, 2]), np.array([1.0, 0.5, 0.0]), ones * np.array([2.0, 2.0, 7.0])[:, None, None])
+    meta = canvas.save(tmp_path / "cams" / "s.npy", {"slide": "s"})
+    canvas.close()
+    out = np.load(tmp_path / "cams" / "s.npy")
+    window = hann(8)
+    # columns 0-3: only patch 0 (value 2 * p=1); columns 4-7: patches 0 and 1 blended
+    assert out[:8, :4] == pytest.approx(np.full((8, 4), 2.0))
+    both = (2.0 * window[:, 4:] + 1.0 * window[:, :4]) / (window[:, 4:] + window[:, :4])
+    assert out[:8, 4:8] == pytest.approx(both)
+    assert out[:8, 20:28] == pytest.approx(np.zeros((8, 8)))  # a normal patch (p = 0) stays cold
+    assert np.isnan(out[8:]).all() and np.isnan(out[:, 12:20]).all()  # no patch: NaN
+    assert meta["scale"] == pytest.approx(2.0) and meta["cell_size_px"] == 8
+    assert not list((tmp_path / "cams").glob(".canvas-*"))  # accumulators removed
+
+
+# -- lesions, exports, detections, scores ----------------------------------------------------------
+
+
+L_SHAPE = np.array([  # 5 x 6 cells; an L with a one-cell hole in its thick part
+    [0.9, 0.9, 0.9, 0.0, 0.0, 0.0],
+    [0.9, 0.2, 0.9, 0.0, 0.0, np.nan],
+    [0.9, 0.9, 0.9, 0.0, 0.0, 0.0],
+    [0.9, 0.0, 0.0, 0.0, 0.6, 0.0],
+    [0.9, 0.9, 0.9, 0.0, 0.0, 0.0],
+], np.float32)
+
+
+def test_lesions_are_connected_cells_with_exact_outlines_and_holes():
+    lesions = find_lesions(L_SHAPE, cell_px=100, threshold=0.5, mpp=0.5)
+    assert len(lesions) == 2
+    big, small = lesions
+    assert big.cells == 12 and big.area_px == 12 * 100**2  # 3 + 2 + 3 + 1 + 3 cells
+    assert len(big.polygon.interiors) == 1 and shapely.Polygon(big.polygon.interiors[0]).area == 100**2
+    assert big.max_prob == pytest.approx(0.9) and big.mean_prob == pytest.approx(0.9)
+    assert small.polygon.bounds == (400, 300, 500, 400) and small.max_prob == pytest.approx(0.6)
+    assert small.area_mm2 == pytest.approx(100 * 100 * 0.0005**2)
+
+
+def test_exports_read_back_through_the_annotation_reader(tmp_path):
+    lesions = find_lesions(L_SHAPE, cell_px=100, threshold=0.5, mpp=0.5)
+    geojson, xml = write_lesions(tmp_path, "s1", lesions)
+    collection = json.loads(geojson.read_text())
+    assert [f["geometry"]["type"] for f in collection["features"]] == ["Polygon", "Polygon"]
+    props = collection["features"][0]["properties"]
+    assert props["objectType"] == "annotation" and props["classification"]["name"] == "Tumor"
+    assert set(props["measurements"]) >= {"tumor_probability", "area_mm2"}
+    text = xml.read_text()
+    for group in ("Tumor", "Exclusion"):  # every group an annotation names is defined
+        assert f'PartOfGroup="{group}"' in text and f'<Group Name="{group}"' in text
+    for path in (geojson, xml):
+        back = read_annotations(path)
+        assert back.area == pytest.approx(13 * 100**2)
+        assert back.geometry.symmetric_difference(shapely.union_all([le.polygon for le in lesions])).area < 1e-6
+    assert "<Annotations>" in to_asap_xml([]) and to_geojson([], "x")["features"] == []
+
+
+def test_nms_points_are_maxima_apart_in_level0_pixels(tmp_path):
+    values = np.zeros((5, 5), np.float32)
+    values[1, 1], values[1, 2], values[4, 4], values[0, 4] = 0.9, 0.8, 0.7, 0.05
+    points = nms_points(values, cell_px=10, radius_px=15, min_prob=0.1)
+    assert points == [(pytest.approx(0.9), 15, 15), (pytest.approx(0.7), 45, 45)]  # (1, 2) suppressed
+    path = write_detections(tmp_path / "d.csv", points)
+    assert path.read_text().splitlines() == ["0.900000,15,15", "0.700000,45,45"]
+
+
+def test_slide_score_max_or_top_k_mean():
+    values = np.array([[0.1, 0.9, np.nan], [0.5, 0.7, 0.3]], np.float32)
+    assert slide_score(values, "max") == pytest.approx(0.9)
+    assert slide_score(values, "topk", k=2) == pytest.approx(0.8)
+    assert slide_score(np.full((2, 2), np.nan), "max") == 0.0

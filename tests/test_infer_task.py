@@ -1,0 +1,82 @@
+"""``infer.py`` with real checkpoints: a manifest split, several checkpoints sharing their
+reads, resume, the CLI, and bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import CONF, PROJECT
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+
+from vistumor.errors import ConfigError
+from vistumor.tasks import infer
+
+
+def infer_cfg(trained, out, *overrides: str):
+    base = ["data=camelyon16", "data.generate=null", f"paths.root_dir={trained.root}", f"data.root={trained.data}",
+            "device=cpu", "run.progress=false", f"ckpt_path={trained.last}"]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("infer", overrides=[*base, *overrides], return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out)
+    return cfg
+
+
+def test_infer_on_the_checkpoints_test_slides(trained, tmp_path):
+    summary = infer(infer_cfg(trained, tmp_path))
+    test_slides = sorted(trained.manifest.loc[trained.manifest["split"] == "test", "slide_id"].unique())
+    assert summary["done"] == len(test_slides) == 2 and summary["models"] == ["test_resnet"]
+    folder = tmp_path / "models" / "test_resnet"
+    table = pd.read_csv(folder / "slides.csv")
+    assert table["slide"].tolist() == test_slides and (table["status"] == "done").all()
+    assert set(table["label"]) == {"normal", "tumor"} and table["score"].between(0, 1).all()
+    for slide in test_slides:
+        for kind, suffix in (("heatmaps", ".npy"), ("heatmaps", ".png"), ("cams", ".npy"), ("lesions", ".geojson"),
+                             ("lesions", ".xml"), ("detections", ".csv"), ("figures", ".png")):
+            assert (folder / kind / f"{slide}{suffix}").is_file(), (kind, slide)
+        sidecar = json.loads((folder / "heatmaps" / f"{slide}.json").read_text())
+        assert sidecar["checkpoint"] == str(trained.last) and sidecar["patch_size_px"] == 64
+        assert sidecar["cell_size_px"] == 32 and sidecar["cell_size_um"] == pytest.approx(16.0)  # 0.5 um/px
+        assert np.load(folder / "heatmaps" / f"{slide}.npy").shape == tuple(sidecar["shape"]) == (16, 24)
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["models"][0]["tiling"]["grid"]["patch_size"] == 64  # the scale the model was trained at
+    assert infer(infer_cfg(trained, tmp_path))["skipped"] == 2  # resume: nothing redone
+
+
+def test_several_checkpoints_share_the_reads(trained, resized, tmp_path):  # noqa: F811
+    summary = infer(infer_cfg(trained, tmp_path, f"ckpt_path=[{trained.last},{resized}]"))
+    assert summary["models"] == ["test_resnet", "test_resnet-2"]
+    status = json.loads(next((tmp_path / "status").glob("*.json")).read_text())
+    first, second = status["models"]["test_resnet"], status["models"]["test_resnet-2"]
+    assert first["decoded_px"] == second["decoded_px"] > 0 and first["patches"] == second["patches"]
+    assert first["read_level"] == 0  # 64 px patches for a 64 px input: no coarser level is fine enough
+
+
+def test_infer_cli_end_to_end(trained, tmp_path):
+    out = tmp_path / "cli"
+    command = [sys.executable, "infer.py", "data=camelyon16", "data.generate=null", f"data.root={trained.data}",
+               f"ckpt_path={trained.last}", "slides=all", "device=cpu", "run.progress=false",
+               "cam.enabled=false", f"hydra.run.dir={out}"]
+    done = subprocess.run(command, cwd=PROJECT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(pd.read_csv(out / "status.csv")) == 6  # every slide of the data config
+    assert not (out / "models" / "test_resnet" / "cams").exists()
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (("ckpt_path=/nowhere/x.ckpt",), "checkpoint not found"),
+    (("slides=/nowhere",), "slide file or folder not found"),
+    (("score.method=median",), "infer.score.method must be one of"),
+])
+def test_bad_input_is_one_line_before_any_slide_is_read(trained, tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        infer(infer_cfg(trained, tmp_path, *overrides))
+    assert not (tmp_path / "status").exists()

@@ -1,0 +1,145 @@
+"""``python -m vistumor.evaluate``: CAMELYON16 slide AUC and lesion FROC of a folder of
+official-format detection CSVs (from this pipeline, NCRF or MONAI), as the official
+``Evaluation_FROC.py`` computes them, with bootstrap confidence intervals.
+
+    python -m vistumor.evaluate --predictions preds/ --annotations lesion_annotations/ \\
+        --reference reference.csv --out outputs/evaluation
+
+A user error is one line ``error: ...`` on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from vistumor.errors import VisTumorError
+from vistumor.evaluate.auc import N_BOOTSTRAP
+from vistumor.evaluate.evaluation import OFFICIAL_EXCLUDE, Evaluation, evaluate
+from vistumor.evaluate.froc import MODES, OFFICIAL
+from vistumor.evaluate.io import (
+    ReferenceSlide,
+    annotation_files,
+    files_by_slide,
+    prediction_files,
+    read_detections,
+    read_reference,
+    read_scores,
+)
+from vistumor.evaluate.masks import ITC_UM, MARGIN_UM, MASK_LEVEL, PIXEL_UM, MaskSource
+from vistumor.evaluate.report import write_report
+from vistumor.wsi.slide import Slide
+
+SLIDE_SUFFIXES = (".tif", ".tiff", ".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m vistumor.evaluate",
+        description="CAMELYON16 slide AUC and lesion FROC of official-format detection CSVs, as the "
+                    "official Evaluation_FROC.py computes them, with bootstrap confidence intervals.",
+    )
+    parser.add_argument("--predictions", required=True, type=Path,
+                        help="folder of detection CSVs, one per slide (no header; rows prob,x,y, level 0)")
+    parser.add_argument("--annotations", required=True, type=Path,
+                        help="folder of ASAP XML / GeoJSON annotations or official tumor-mask TIFFs")
+    parser.add_argument("--reference", required=True, type=Path,
+                        help="CSV slide,label[,width,height]; label tumor/normal, 1/0 or Tumor/Normal")
+    parser.add_argument("--slides", type=Path,
+                        help="folder of the slides, for dimensions the reference lacks")
+    parser.add_argument("--scores", type=Path,
+                        help="CSV slide,score for the AUC (default: highest detection probability)")
+    parser.add_argument("--mode", choices=MODES, default=OFFICIAL,
+                        help="official (default): Evaluation_FROC.py to the bit; strict: real detections")
+    parser.add_argument("--out", type=Path, default=Path("outputs/evaluation"),
+                        help="output folder (default %(default)s)")
+    parser.add_argument("--exclude", nargs="*", default=list(OFFICIAL_EXCLUDE), metavar="SLIDE[:TASK]",
+                        help="slides left out of both tasks, or of one (test_114:froc); none with no value "
+                             "(default: %(default)s)")
+    parser.add_argument("--margin-um", type=float, default=MARGIN_UM,
+                        help="lesion dilation of the evaluation mask (default: the script's %(default)s um)")
+    parser.add_argument("--pixel-um", type=float, default=PIXEL_UM,
+                        help="level-0 pixel size in um (default %(default)s)")
+    parser.add_argument("--bootstrap", type=int, default=N_BOOTSTRAP,
+                        help="resamples of the 95%% intervals (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default %(default)s)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log each slide")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(message)s")
+    try:
+        evaluation = run(args)
+    except VisTumorError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(summary(evaluation, args.out))
+    return 0
+
+
+def run(args: argparse.Namespace) -> Evaluation:
+    """Read the inputs, evaluate, write the report into ``args.out``."""
+    reference = read_reference(args.reference)
+    known = {slide.slide.lower() for slide in reference}
+    predictions = {}
+    for key, path in prediction_files(args.predictions).items():
+        if key not in known:
+            raise VisTumorError(f"no slide of the reference {args.reference} matches this file", path)
+        predictions[path.stem] = read_detections(path)
+    masks = MaskSource(annotation_files(args.annotations), dimensions_of(reference, args.slides),
+                       margin_um=args.margin_um, pixel_um=args.pixel_um)
+    scores = read_scores(args.scores) if args.scores else None
+    evaluation = evaluate(predictions, masks, reference, mode=args.mode, scores=scores, exclude=args.exclude,
+                          n_bootstrap=args.bootstrap, seed=args.seed)
+    write_report(evaluation, args.out, settings(args))
+    return evaluation
+
+
+def dimensions_of(reference: Sequence[ReferenceSlide], slides: Path | None) -> Callable[[str], Any]:
+    """Level-0 ``(width, height)`` by lower-case slide name: from the reference, else from
+    the slide file in ``slides``, else None."""
+    known = {slide.slide.lower(): slide.dimensions for slide in reference if slide.dimensions}
+    files = files_by_slide(slides, SLIDE_SUFFIXES) if slides is not None else {}
+
+    def dimensions(slide: str) -> tuple[int, int] | None:
+        key = slide.lower()
+        if key in known:
+            return known[key]
+        if key in files:
+            with Slide(files[key]) as opened:
+                return opened.dimensions
+        return None
+
+    return dimensions
+
+
+def settings(args: argparse.Namespace) -> dict[str, Any]:
+    """Inputs and parameters, recorded in ``evaluation.json``."""
+    return {
+        "predictions": str(args.predictions), "annotations": str(args.annotations),
+        "reference": str(args.reference), "scores": str(args.scores) if args.scores else None,
+        "exclude": list(args.exclude), "mask_level": MASK_LEVEL, "margin_um": args.margin_um,
+        "pixel_um": args.pixel_um, "itc_um": ITC_UM, "bootstrap": args.bootstrap, "seed": args.seed,
+    }
+
+
+def summary(evaluation: Evaluation, out: Path) -> str:
+    """Three lines for the terminal."""
+    froc_low, froc_high = evaluation.froc_ci95
+    auc_low, auc_high = evaluation.auc_ci95
+    curve = evaluation.curve
+    rates = ", ".join(f"{r:g}: {s:.3f}" for r, s in evaluation.sensitivity_at_fp.items())
+    return (
+        f"FROC {evaluation.froc:.4f} [95% CI {froc_low:.4f}, {froc_high:.4f}] ({evaluation.mode}; "
+        f"{curve.n_lesions} lesions, {curve.n_slides} slides); slide AUC {evaluation.auc:.4f} "
+        f"[95% CI {auc_low:.4f}, {auc_high:.4f}] ({evaluation.n_slides('auc')} slides)\n"
+        f"sensitivity at FPs per slide {rates}\n"
+        f"wrote {out}"
+    )
