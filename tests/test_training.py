@@ -379,3 +379,14 @@ def test_two_model_multirun_writes_the_comparison_table(tiled, tmp_path):
     assert table["run"].tolist() == [str(sweep / "0"), str(sweep / "1")]
     assert table["accuracy"].between(0, 1).all() and (table["trainable params"] < table["total params"]).all()
     assert (sweep / "comparison.md").read_text().count("| test_") == 2
+
+
+def test_operating_point_is_chosen_on_validation_and_applied_to_test(run2):
+    threshold = run2.result["val/operating_threshold"]
+    assert 0 <= threshold <= 1
+    table = pd.read_csv(run2.out / "predictions.csv")
+    called = (table["prob"] >= threshold).astype(int)
+    fp = int(((called == 1) & (table["label"] == 0)).sum())
+    fn = int(((called == 0) & (table["label"] == 1)).sum())
+    assert run2.result["test/fpr_op"] == pytest.approx(fp / int((table["label"] == 0).sum()), abs=1e-6)
+    assert run2.result["test/fnr_op"] == pytest.approx(fn / int((table["label"] == 1).sum()), abs=1e-6)

@@ -191,6 +191,13 @@ class PatchClassifier(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val")
 
+    def predict_step(self, batch: dict, batch_idx: int) -> dict | None:
+        """Tumor probabilities with labels and places (``trainer.predict``, e.g. on val)."""
+        if "label" not in batch:
+            return None
+        probs = self.logits(batch).float().softmax(dim=1)[:, 1]
+        return {"prob": probs.cpu(), "label": batch["label"].cpu()}
+
     def on_test_epoch_start(self) -> None:
         self.test_outputs = {"prob": [], "label": [], "slide_id": [], "x0": [], "y0": []}
 

@@ -21,20 +21,26 @@ from omegaconf import DictConfig
 from vistumor.explain import localization
 from vistumor.files import write_text
 from vistumor.model import metrics
+from vistumor.runs import intervals
 
 log = logging.getLogger(__name__)
 
 _TEST_TITLES = {"acc": "accuracy", "fpr": "FPR", "fnr": "FNR", "recall": "recall", "auroc": "AUROC"}
 _CAM_TITLES = {"pointing": "CAM pointing", "energy": "CAM energy", "iou": "CAM IoU",
                "dice": "CAM Dice", "auroc": "CAM pixel AUROC"}
+_SLIDE_TITLES = {"slide_auc": "slide AUC", "froc": "FROC"}
 assert set(_TEST_TITLES) <= set(metrics.NAMES) and set(_CAM_TITLES) <= set(localization.NAMES)
 
-#: metrics.json key -> column, in table order (keys spelled by ``metrics.key``, as logged).
-#: Localization columns appear when the run logged them.
+#: metrics.json key -> column, in table order (keys spelled by ``metrics.key``, as logged); a
+#: ``<key>_ci95`` beside a key is its 95 % interval over slides. Columns appear when present.
 COLUMNS = {
     "model": "model",
     "weights": "weights",
     **{metrics.key("test", name): title for name, title in _TEST_TITLES.items()},
+    metrics.key("test", "fpr_op"): "FPR at val op.",
+    metrics.key("test", "fnr_op"): "FNR at val op.",
+    **{metrics.key("test", name): title for name, title in _SLIDE_TITLES.items()},
+    "vs_best": "vs best (paired, slides)",
     **{metrics.key("test", f"cam_{name}"): title for name, title in _CAM_TITLES.items()},
     "params_trainable": "trainable params",
     "params_total": "total params",
@@ -42,38 +48,125 @@ COLUMNS = {
     "wall_time_s": "wall time (s)",
     "run_dir": "run",
 }
+CI = "_ci95"
+
 
 def collect(folder: str | Path) -> pd.DataFrame:
-    """One row per ``metrics.json`` below ``folder``, ordered by run folder."""
+    """One row per ``metrics.json`` below ``folder``, ordered by run folder, with intervals
+    over slides, slide-level results of whole-slide runs of its checkpoints, and the paired
+    comparison with the best run."""
+    folder = Path(folder)
     rows = []
-    for path in sorted(Path(folder).rglob("metrics.json")):
+    for path in sorted(folder.rglob("metrics.json")):
         try:
-            metrics = json.loads(path.read_text())
+            row = json.loads(path.read_text())
         except json.JSONDecodeError:
             log.warning("skipping unreadable %s", path)
             continue
-        metrics.setdefault("run_dir", str(path.parent))
-        rows.append(metrics)
+        row.setdefault("run_dir", str(path.parent))
+        rows.append(enrich(row, folder))
     if not rows:
         return pd.DataFrame(columns=list(COLUMNS.values()))
+    compare_with_best(rows)
     table = pd.DataFrame(rows)
     present = [k for k in COLUMNS if k in table.columns]
-    return table[present].rename(columns=COLUMNS)
+    cis = {f"{k}{CI}": f"{COLUMNS[k]} 95% CI" for k in present if f"{k}{CI}" in table.columns}
+    ordered = [c for k in present for c in (k, f"{k}{CI}") if c in table.columns]
+    return table[ordered].rename(columns={**COLUMNS, **cis})
+
+
+def enrich(row: dict, folder: Path) -> dict:
+    """Add slide-bootstrap intervals of the patch metrics and the whole-slide evaluation."""
+    run = Path(row["run_dir"])
+    predictions = run / "predictions.csv"
+    if predictions.is_file():
+        row.update({k: v for k, v in intervals.patch_intervals(predictions).items() if k not in row})
+        row["_slides"] = intervals.slides_of(pd.read_csv(predictions, dtype={"slide_id": str}))
+    for evaluation in slide_evaluations(folder, run):
+        row.update(evaluation)
+    return row
+
+
+def slide_evaluations(folder: Path, run: Path) -> list[dict]:
+    """Evaluations of whole-slide runs below ``folder`` (or in ``run``) of this run's checkpoints."""
+    found = []
+    for path in sorted({*folder.rglob("evaluation/evaluation.json"), *run.rglob("evaluation/evaluation.json")}):
+        model_dir, infer_run = path.parent.parent, path.parent.parent.parent.parent
+        description = infer_run / "run.json"
+        if not description.is_file():
+            continue
+        models = {m["name"]: m for m in json.loads(description.read_text()).get("models", [])}
+        checkpoint = Path(models.get(model_dir.name, {}).get("checkpoint", ""))
+        if checkpoint.parent.name != "checkpoints" or checkpoint.parent.parent.resolve() != run.resolve():
+            continue
+        data = json.loads(path.read_text())
+        scores = pd.read_csv(model_dir / "slides.csv", dtype={"slide": str})
+        scores = scores[scores["status"] == "done"].dropna(subset=["label"])
+        found.append({"test/slide_auc": data["auc"], f"test/slide_auc{CI}": data["auc_ci95"],
+                      "test/froc": data["froc"], f"test/froc{CI}": data.get("froc_ci95"),
+                      "_slide_scores": {s: (int(lab == "tumor"), float(v)) for s, lab, v in
+                                        zip(scores["slide"], scores["label"], scores["score"], strict=True)}})
+    return found
+
+
+def compare_with_best(rows: list[dict]) -> None:
+    """``vs_best`` of each run: the paired difference to the best run (by slide AUC when every
+    run has one, else by test AUROC) on the slides both were tested on."""
+    by_slide = all("_slide_scores" in r for r in rows)
+    key, data, statistic, what = (("test/slide_auc", "_slide_scores", intervals.slide_auc_statistic, "slide AUC")
+                                  if by_slide else ("test/auroc", "_slides", intervals.patch_metric("auroc"),
+                                                    "AUROC"))
+    candidates = [r for r in rows if r.get(key) is not None and data in r]
+    if len(candidates) < 2:
+        for r in rows:
+            r.pop("_slides", None), r.pop("_slide_scores", None)
+        return
+    best = max(candidates, key=lambda r: r[key])
+    for r in candidates:
+        if r is best:
+            r["vs_best"] = f"best {what}"
+            continue
+        diff = intervals.paired_difference(r[data], best[data], statistic)
+        if diff:
+            r["vs_best"] = (f"{what} {diff['difference']:+.3f} [{diff['low']:+.3f}, {diff['high']:+.3f}], "
+                            f"p={diff['p']:.2g}")
+    for r in rows:
+        r.pop("_slides", None), r.pop("_slide_scores", None)
 
 
 def to_markdown(table: pd.DataFrame) -> str:
     """A GitHub markdown table (no optional dependencies)."""
     def cell(v: Any) -> str:
+        if isinstance(v, (list, tuple)) and len(v) == 2:
+            return f"[{cell(v[0])}, {cell(v[1])}]"
         if isinstance(v, float):
             return f"{v:.4g}" if abs(v) < 1e4 else f"{v:,.0f}"
         if isinstance(v, int):
             return f"{v:,}"
         return str(v)
 
+    table = _with_intervals(table)
     header = "| " + " | ".join(table.columns) + " |"
     rule = "|" + "|".join("---" for _ in table.columns) + "|"
     body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
     return "\n".join([header, rule, *body]) + "\n"
+
+
+def _with_intervals(table: pd.DataFrame) -> pd.DataFrame:
+    """Each value followed by its interval in one cell: ``0.936 [0.902, 0.961]``."""
+    table = table.copy()
+    for column in [c for c in table.columns if c.endswith(" 95% CI")]:
+        base = column[: -len(" 95% CI")]
+        if base in table.columns:
+            table[base] = [_value_with_interval(v, ci) for v, ci in zip(table[base], table[column], strict=True)]
+            table = table.drop(columns=column)
+    return table
+
+
+def _value_with_interval(value: Any, interval: Any) -> Any:
+    if not isinstance(value, float) or not isinstance(interval, (list, tuple)) or len(interval) != 2:
+        return value
+    return f"{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]"
 
 
 def write_comparison(folder: str | Path) -> pd.DataFrame:

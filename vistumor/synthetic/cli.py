@@ -24,6 +24,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--mpp", type=float, default=0.25, help="level-0 microns per pixel")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--layout", choices=("training", "testing"), default="training",
+                        help="CAMELYON16's training layout, or its test layout with reference.csv")
     parser.add_argument(
         "--overwrite", action="store_true", help="regenerate even if slides with other parameters are present"
     )
@@ -39,6 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.seed,
             args.overwrite,
             args.workers,
+            args.layout,
         )
     except VisTumorError as err:  # a parameter clash or bad argument: say what to do, without a traceback
         parser.exit(2, f"error: {err}\n")

@@ -15,6 +15,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import cv2
+import numpy as np
 
 from vistumor.errors import ConfigError
 from vistumor.files import atomic_path
@@ -42,8 +43,16 @@ class _Job:
         return [self.path] + ([self.annotation] if self.annotation else [])
 
 
-def _plan(root: Path, n_normal: int, n_tumor: int, seed: int) -> list[_Job]:
+#: CAMELYON16's two layouts: training slides named by kind in per-kind folders; test slides
+#: named ``test_NNN`` in one folder (kinds shuffled), their labels in ``testing/reference.csv``
+LAYOUTS = ("training", "testing")
+_TEST_SEED = 10  # added to the kind code: test slides never repeat a training slide
+
+
+def _plan(root: Path, n_normal: int, n_tumor: int, seed: int, layout: str = "training") -> list[_Job]:
     """CAMELYON16 layout; each slide's seed is (seed, kind code, index)."""
+    if layout == "testing":
+        return _plan_testing(root, n_normal, n_tumor, seed)
     jobs = []
     for kind, count in (("normal", n_normal), ("tumor", n_tumor)):
         for index in range(1, count + 1):
@@ -59,6 +68,28 @@ def _plan(root: Path, n_normal: int, n_tumor: int, seed: int) -> list[_Job]:
                 )
             )
     return jobs
+
+
+def _plan_testing(root: Path, n_normal: int, n_tumor: int, seed: int) -> list[_Job]:
+    kinds = ["normal"] * n_normal + ["tumor"] * n_tumor
+    order = np.random.default_rng(seed).permutation(len(kinds))
+    jobs = []
+    for number, i in enumerate(order, 1):
+        kind, name = kinds[i], f"test_{number:03d}"
+        index = int(i + 1 if kinds[i] == "normal" else i - n_normal + 1)
+        xml = root / "testing" / "lesion_annotations" / f"{name}.xml" if kind == "tumor" else None
+        jobs.append(_Job(root / "testing" / "images" / f"{name}.tif", kind,
+                         (seed, KIND_CODES[kind] + _TEST_SEED, index), xml, kind == "tumor" and index == 1))
+    return jobs
+
+
+def write_reference(root: Path, jobs: list[_Job]) -> Path:
+    """``testing/reference.csv`` as CAMELYON16 ships it: ``name,Tumor|Normal`` rows, no header."""
+    path = root / "testing" / "reference.csv"
+    rows = sorted((job.path.stem, job.kind.capitalize()) for job in jobs)
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(f"{name},{kind}\n" for name, kind in rows), encoding="utf-8")
+    return path
 
 
 def _run_job(job: _Job, size: int, mpp: float) -> dict:
@@ -127,7 +158,8 @@ def _manifest_entry(job: _Job, meta: dict, root: Path) -> dict:
 def _check_root(root: Path, params: dict, old: dict | None, jobs: list[_Job], overwrite: bool) -> None:
     """Refuse to mix slides of different parameters (or foreign files) unless overwriting."""
     if old is None:
-        present = sorted(p for p in (root / "training").glob("*/*") if p.suffix in (".tif", ".xml"))
+        present = sorted(p for layout in LAYOUTS for p in (root / layout).glob("*/*")
+                         if p.suffix in (".tif", ".xml"))
         if present and not overwrite:
             raise ConfigError(
                 f"holds slides ({present[0].name}, ...) but no {MANIFEST}, so they are not ours; "
@@ -183,6 +215,7 @@ def generate_dataset(
     seed: int = 0,
     overwrite: bool = False,
     workers: int = 1,
+    layout: str = "training",
 ) -> list[Path]:
     """Write a synthetic CAMELYON16-like training set under ``root``; return the slide paths.
 
@@ -194,6 +227,9 @@ def generate_dataset(
     and mpp: not on ``workers`` or on the slide counts. ``workers > 1`` renders slides in
     "spawn" processes, so a calling script needs the usual ``if __name__ == "__main__":`` guard.
 
+    ``layout="testing"`` writes the CAMELYON16 test layout instead (``testing/images/test_NNN.tif``,
+    kinds shuffled, ``testing/reference.csv``), with seeds no training slide uses.
+
     Raises:
         ConfigError: impossible arguments; or, unless ``overwrite``, a root holding slides
             of other parameters or another generator version, slides without a record,
@@ -201,6 +237,8 @@ def generate_dataset(
     """
     root = Path(root)
     _check_request(root, n_normal, n_tumor, size, mpp)
+    if layout not in LAYOUTS:
+        raise ConfigError(f"layout must be one of {LAYOUTS}, got {layout!r}", root)
     params = {
         "generator_version": GENERATOR_VERSION,
         "n_normal": n_normal,
@@ -208,8 +246,9 @@ def generate_dataset(
         "size": size,
         "mpp": mpp,
         "seed": seed,
+        **({"layout": layout} if layout != "training" else {}),  # (training records stay as they were)
     }
-    jobs = _plan(root, n_normal, n_tumor, seed)
+    jobs = _plan(root, n_normal, n_tumor, seed, layout)
     old = _read_manifest(root / MANIFEST)
     _check_root(root, params, old, jobs, overwrite)
     for job in jobs:
@@ -234,5 +273,7 @@ def generate_dataset(
 
     record(complete=not todo)
     _render(todo, size, mpp, workers, finished)
+    if layout == "testing":
+        write_reference(root, jobs)
     record(complete=True)
     return [job.path for job in jobs]

@@ -30,6 +30,7 @@ from vistumor.infer.slide_run import ModelRun
 from vistumor.labels import name
 from vistumor.model.checkpoints import load_classifier
 from vistumor.model.devices import inference_device
+from vistumor.tasks.slide_evaluation import evaluate_run
 from vistumor.tasks.tiling import ensure_dataset
 from vistumor.tiling.catalog import shard
 from vistumor.tiling.manifest import load_manifest
@@ -54,12 +55,19 @@ def infer(cfg: DictConfig) -> dict[str, Any]:
     if run.stage not in STAGES:
         raise ConfigError(f"run.stage must be one of {STAGES}, got {run.stage!r}")
     out = Path(cfg.paths.output_dir)
-    models = load_models(cfg, out, params)
+    models = load_models(checkpoint_paths(cfg), inference_device(cfg.device), out, params)
     items = slide_inputs(cfg, models)
+    mode = cfg.evaluate.mode if cfg.evaluate.enabled else None
+    return run_models(models, items, params, out, run, mode)
+
+
+def run_models(models: list[ModelRun], items: list[inputs.SlideInput], params: InferParams, out: Path,
+               run: RunSettings = RunSettings(), evaluate_mode: str | None = "official") -> dict[str, Any]:
+    """The slides of this shard through every model, then (unsharded) the tables and the
+    evaluation; also what training runs on its test slides after testing."""
     mine = shard(items, run.shard_index, run.num_shards)
-    write_json(out / "run.json", run_description(cfg, models, items, params))
-    summary: dict[str, Any] = {"run_dir": str(out), "slides": len(mine),
-                               "models": [m.name for m in models]}
+    write_json(out / "run.json", run_description(models, items, params))
+    summary: dict[str, Any] = {"run_dir": str(out), "slides": len(mine), "models": [m.name for m in models]}
     records = None
     if run.stage in ("all", "infer"):
         records = run_slides(mine, models, params, out, run.progress)
@@ -67,6 +75,8 @@ def infer(cfg: DictConfig) -> dict[str, Any]:
             summary[state] = sum(r["status"] == state for r in records)
     if run.stage == "merge" or (run.stage == "all" and run.num_shards == 1):
         summary["tables"] = {k: str(v) for k, v in merge(items, models, out, records).items()}
+        if evaluate_mode:
+            summary["evaluation"] = evaluate_run(items, models, out, evaluate_mode)
     log.info("whole-slide outputs in %s", out)
     return summary
 
@@ -87,10 +97,9 @@ def checkpoint_paths(cfg: DictConfig) -> list[str]:
     return paths
 
 
-def load_models(cfg: DictConfig, out: Path, params: InferParams) -> list[ModelRun]:
+def load_models(paths: list[str], device, out: Path, params: InferParams) -> list[ModelRun]:
     """Every checkpoint, checked and loaded before any slide is read, with its patch geometry."""
-    device = inference_device(cfg.device)
-    loaded = [load_classifier(p, device) for p in checkpoint_paths(cfg)]
+    loaded = [load_classifier(p, device) for p in paths]
     names = [n.replace("#", "-") for n in unique_names([m.hparams.backbone for m in loaded])]
     return [ModelRun(name, ModelScorer(model, device, params.cam.target_layer, params.precision,
                                        cams=params.cam.enabled),
@@ -132,7 +141,7 @@ def slide_inputs(cfg: DictConfig, models: list[ModelRun]) -> list[inputs.SlideIn
     return items
 
 
-def run_description(cfg: DictConfig, models: list[ModelRun], items, params: InferParams) -> dict:
+def run_description(models: list[ModelRun], items, params: InferParams) -> dict:
     """``run.json``: what the viewer and later stages read about this run."""
     return {
         "models": [{"name": m.name, "checkpoint": m.checkpoint, "input_size": m.input_size,

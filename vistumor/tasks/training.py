@@ -17,12 +17,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from vistumor.config import plain
 from vistumor.data.datamodule import PatchDataModule
-from vistumor.errors import BadPatchError, VisTumorError
+from vistumor.errors import BadPatchError, ConfigError, VisTumorError
 from vistumor.files import atomic_path, write_json
 from vistumor.labels import confusion_counts, predict
-from vistumor.model import devices
+from vistumor.model import devices, metrics
 from vistumor.model.checkpoints import check_compatible
 from vistumor.model.classifier import PatchClassifier
+from vistumor.model.metrics import key
 from vistumor.runs import figures, tracking
 from vistumor.runs.callbacks import Throughput
 from vistumor.tasks import tiling as tiling_task
@@ -138,6 +139,10 @@ def train(
                               "params_total": total, "run_dir": str(cfg.paths.output_dir)}
     try:
         result.update(fit_and_test(cfg, trainer, model, dm))
+        if cfg.get("slides") and result.get("best_ckpt") and trainer.is_global_zero:
+            result.update(whole_slides(cfg, result["best_ckpt"], model.hparams.get("manifest_path")))
+            for logger in loggers:
+                logger.log_metrics({k: v for k, v in result.items() if k in SLIDE_METRICS}, step=trainer.global_step)
     finally:
         tracking.finish(loggers)
     if throughput is not None and throughput.images_per_s is not None:
@@ -164,14 +169,53 @@ def fit_and_test(cfg: DictConfig, trainer: L.Trainer, model: PatchClassifier, dm
             result["best_ckpt"] = _best_checkpoint(trainer)
         if cfg.get("test", True):
             ckpt = result.get("best_ckpt") or (None if cfg.get("train", True) else cfg.get("ckpt_path"))
+            threshold = operating_point(trainer, model, dm, ckpt)
             trainer.test(model, datamodule=dm, ckpt_path=ckpt or None)  # weights_only: plain hparams
             result.update(_floats(trainer.callback_metrics, prefix=("test/",)))
             if trainer.is_global_zero:
-                result.update(write_test_outputs(model, out))
+                result.update(write_test_outputs(model, out, threshold))
     finally:
         if dm.bad_patches and trainer.is_global_zero:
             result["bad_patches"] = str(write_bad_patches(dm.bad_patches, out))
     return result
+
+
+SLIDE_METRICS = ("test/slide_auc", "test/froc")
+
+
+def whole_slides(cfg: DictConfig, ckpt: str, manifest_path: str | None) -> dict[str, Any]:
+    """The tested checkpoint over the slides of split ``cfg.slides`` (``<run>/slides``): heatmaps,
+    lesions, and the slide AUC and lesion FROC with their CIs (what the comparison table shows)."""
+    from vistumor.infer.inputs import from_manifest
+    from vistumor.infer.params import InferParams
+    from vistumor.tasks.inferring import load_models, run_models
+
+    if not manifest_path:
+        raise ConfigError("slides=<split> needs a manifest-trained model (not a patch folder)")
+    out = Path(cfg.paths.output_dir) / "slides"
+    params = InferParams(mpp=cfg.data.get("mpp"), mpp_override=cfg.data.get("mpp_override", "missing"))
+    models = load_models([ckpt], devices.inference_device("auto"), out, params)
+    summary = run_models(models, from_manifest(manifest_path, cfg.slides), params, out)
+    evaluation = summary.get("evaluation", {}).get(models[0].name, {})
+    return {"slides_run": str(out), **{k: v for k, v in evaluation.items() if k.startswith("test/")}}
+
+
+def operating_point(trainer: L.Trainer, model: PatchClassifier, dm: PatchDataModule, ckpt: str | None) -> float | None:
+    """Youden's threshold on the validation patches of the checkpoint tested (None without a
+    validation split, e.g. the paper's protocol that tests on it, and under DDP, where each
+    rank predicts only its share)."""
+    if dm.test_split == "val" or trainer.world_size > 1:
+        return None
+    try:
+        loader = dm.val_dataloader()
+    except VisTumorError:
+        return None
+    batches = [b for b in trainer.predict(model, dataloaders=loader, ckpt_path=ckpt or None) or [] if b]
+    if not batches:
+        return None
+    probs = torch.cat([b["prob"] for b in batches]).numpy()
+    labels = torch.cat([b["label"] for b in batches]).numpy()
+    return metrics.youden_threshold(labels, probs)
 
 
 def save_last(trainer: L.Trainer, out: Path) -> Path:
@@ -210,8 +254,9 @@ def _floats(metrics: Mapping, prefix: tuple[str, ...]) -> dict[str, float]:
     return {k: round(float(v), 6) for k, v in metrics.items() if k.startswith(prefix)}
 
 
-def write_test_outputs(model: PatchClassifier, folder: Path) -> dict[str, str]:
-    """Predictions CSV, confusion-matrix and ROC figures of the last test run."""
+def write_test_outputs(model: PatchClassifier, folder: Path, threshold: float | None = None) -> dict[str, Any]:
+    """Predictions CSV, confusion-matrix and ROC figures of the last test run; with an
+    operating point chosen on validation (``threshold``), the test FPR/FNR there too."""
     out = model.test_outputs
     if not out["prob"]:
         return {}
@@ -225,5 +270,10 @@ def write_test_outputs(model: PatchClassifier, folder: Path) -> dict[str, str]:
     confusion = figures.confusion_figure(**counts, path=folder / "confusion_matrix.png", title=name)
     roc = figures.roc_figure(torch.tensor(table["prob"].to_numpy()), torch.tensor(label),
                              folder / "roc.png", title=name)
-    return {"predictions": str(folder / "predictions.csv"), "confusion_matrix": str(confusion),
-            "roc": str(roc), **{f"test_{k}": v for k, v in counts.items()}}
+    result = {"predictions": str(folder / "predictions.csv"), "confusion_matrix": str(confusion),
+              "roc": str(roc), **{f"test_{k}": v for k, v in counts.items()}}
+    if threshold is not None:  # the operating point chosen on validation, applied to test
+        at_op = metrics.rates(**confusion_counts(label, predict(table["prob"].to_numpy(), threshold)))
+        result.update({"val/operating_threshold": round(threshold, 6),
+                       key("test", "fpr_op"): round(at_op["fpr"], 6), key("test", "fnr_op"): round(at_op["fnr"], 6)})
+    return result
