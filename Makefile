@@ -17,7 +17,7 @@ DEMO := outputs/demo
 FALLBACK ?= random
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo data tile train sweep explain test test-slow lint bench clean
+.PHONY: help install demo data tile train sweep explain infer evaluate test test-slow lint bench clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -34,8 +34,9 @@ install: $(STAMP) ## Create .venv with torch and the package (+ dev tools)
 demo: $(STAMP) ## The main job on the embedded default: generate, tile, train, explain, compare
 	$(PY) train.py experiment=demo hydra.run.dir=$(DEMO)/train $(ARGS)
 	$(PY) explain.py tiling=demo ckpt_path=$(DEMO)/train/checkpoints/last.ckpt hydra.run.dir=$(DEMO)/explain
+	$(PY) infer.py ckpt_path=$(DEMO)/train/checkpoints/last.ckpt data=synthetic_test slides=all hydra.run.dir=$(DEMO)/infer
 	$(PY) -m vistumor.compare $(DEMO)
-	@echo "demo outputs: $(DEMO)/train (metrics, curves, cam/), $(DEMO)/explain, $(DEMO)/comparison.md"
+	@echo "demo outputs: $(DEMO)/train (metrics, curves, cam/), $(DEMO)/explain, $(DEMO)/infer (heatmaps, lesions, evaluation), $(DEMO)/comparison.md"
 
 data: $(STAMP) ## Generate the synthetic CAMELYON16-like dataset into data/synthetic (as conf/data/synthetic.yaml)
 	$(PY) -m vistumor.synthetic --root data/synthetic --workers 2 $(ARGS)
@@ -52,6 +53,14 @@ sweep: $(STAMP) ## The paper's three backbones as a Hydra multirun + comparison 
 explain: $(STAMP) ## Explain checkpoints: make explain ARGS="ckpt_path=..."
 	$(PY) explain.py data=$(DATA) $(ARGS)
 
+CKPT ?= $(DEMO)/train/checkpoints/last.ckpt
+SLIDES ?= test
+infer: $(STAMP) ## Whole-slide heatmaps, Grad-CAM++, lesions, evaluation (CKPT=..., SLIDES=test|all|folder, DATA=...)
+	$(PY) infer.py ckpt_path=$(CKPT) slides=$(SLIDES) data=$(DATA) $(ARGS)
+
+evaluate: $(STAMP) ## CAMELYON16 slide AUC + lesion FROC of any tool's CSVs: make evaluate ARGS="--predictions D --annotations D --reference F"
+	$(PY) -m vistumor.evaluate $(ARGS)
+
 test: $(STAMP) ## Run the test suite (not slow, not gpu); offline, W&B disabled
 	HF_HUB_OFFLINE=1 WANDB_MODE=disabled $(PY) -m pytest -q $(ARGS)
 
@@ -66,6 +75,11 @@ bench: $(STAMP) ## Benchmarks on this machine (see bench/README.md)
 	$(PY) bench/bench_loader.py
 	$(PY) bench/bench_models.py
 	$(PY) bench/bench_feature_cache.py
+
+.PHONY: view
+RUN ?= $(DEMO)/infer
+view: $(STAMP) ## Open an inference run in the browser: make view RUN=outputs/demo/infer (http://127.0.0.1:8000/)
+	$(PY) -m vistumor.viewer $(RUN) $(ARGS)
 
 clean: ## Remove generated data and outputs (keeps .venv)
 	rm -rf outputs data/synthetic
