@@ -344,11 +344,11 @@ def test_comparison_table_of_finished_runs(tmp_path):
     (tmp_path / "2").mkdir()
     (tmp_path / "2" / "metrics.json").write_text("{interrupted")
     table = compare.write_comparison(tmp_path)
-    assert list(table.columns) == ["model", "accuracy", "FPR", "FNR", "recall", "AUROC", "CAM IoU",
+    assert list(table.columns) == ["model", "accuracy", "FPR", "FNR", "recall", "AUROC", "map IoU",
                                    "trainable params", "total params", "images/s", "wall time (s)", "run"]
     assert table["model"].tolist() == ["resnet50", "densenet201"]  # by run folder
     assert table["run"].tolist() == [str(tmp_path / "0"), str(tmp_path / "1")]
-    assert pd.isna(table.loc[1, "CAM IoU"]) and table.loc[0, "CAM IoU"] == 0.4
+    assert pd.isna(table.loc[1, "map IoU"]) and table.loc[0, "map IoU"] == 0.4
     written = pd.read_csv(tmp_path / "comparison.csv")
     assert written["accuracy"].tolist() == [0.8, 0.9]
     markdown = (tmp_path / "comparison.md").read_text().splitlines()

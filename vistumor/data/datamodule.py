@@ -46,6 +46,7 @@ class PatchDataModule(L.LightningDataModule):
             (:mod:`vistumor.data.epochs`): a resumed run equals an uninterrupted one.
         on_bad_patch: a patch that cannot be read: ``fail`` (stop with one line naming the
             slide and region) or ``skip`` (leave it out, recorded in :attr:`bad_patches`).
+        train_masks: tumor masks in the training items too (a segmentation model learns them).
     """
 
     def __init__(
@@ -62,6 +63,7 @@ class PatchDataModule(L.LightningDataModule):
         test_split: str = "test",
         seed: int = 0,
         on_bad_patch: str = "fail",
+        train_masks: bool = False,
     ):
         super().__init__()
         if on_bad_patch not in BAD_PATCH_POLICIES:
@@ -78,6 +80,7 @@ class PatchDataModule(L.LightningDataModule):
         self.test_split = test_split
         self.seed = seed
         self.on_bad_patch = on_bad_patch
+        self.train_masks = train_masks
         #: patches left out under ``on_bad_patch=skip``: slide_id, x0, y0, reason
         self.bad_patches: list[dict] = []
         self.datasets: dict[str, Dataset] = {}
@@ -105,7 +108,7 @@ class PatchDataModule(L.LightningDataModule):
         """The image dataset of one split, checked to hold both classes."""
         transform = build_pipeline(self.augment.get("train" if split == "train" else "eval"))
         dataset = self.source.dataset(split, self.image_size, transform,
-                                      with_masks=self.with_masks and split != "train")
+                                      with_masks=self.with_masks and (split != "train" or self.train_masks))
         problem = lacking(dataset.labels)
         if problem:
             raise ManifestError(f"split '{split}' has {problem}", self.source.where(split))

@@ -118,6 +118,9 @@ class FeatureCache(L.Callback):
         self.seed = seed
 
     def on_fit_start(self, trainer: L.Trainer, pl_module) -> None:
+        if getattr(pl_module, "needs_masks", False):
+            raise ConfigError("the feature cache holds pooled trunk features; a segmentation model trains its "
+                              "decoder on feature maps: drop callbacks=feature_cache")
         if not pl_module.head_only:
             raise ConfigError("the feature cache needs a frozen trunk (model.freeze=trunk)")
         if pl_module.hparams.get("drop_rate"):  # timm's dropout sits in forward_head, not here

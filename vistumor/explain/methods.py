@@ -11,6 +11,7 @@ from torch import nn
 from vistumor.errors import ConfigError
 from vistumor.explain.base import ExplanationMethod
 from vistumor.explain.gradcam import LIBRARY_CAMS, FastGradCAM, FastGradCAMPlusPlus, LibraryCAM
+from vistumor.explain.mask import PredictedMask
 from vistumor.explain.saliency import Saliency, SmoothGrad
 
 #: methods computed on our own fast path
@@ -18,7 +19,9 @@ FAST = {cls.name: cls for cls in (FastGradCAMPlusPlus, FastGradCAM)}
 #: CAM methods (a target layer): ours where fast, else pytorch-grad-cam's
 CAM_METHODS = tuple(LIBRARY_CAMS)
 SALIENCY = {cls.name: cls for cls in (Saliency, SmoothGrad)}
-METHODS = (*CAM_METHODS, *SALIENCY)
+#: a segmentation model's own predicted mask
+MASK = PredictedMask.name
+METHODS = (*CAM_METHODS, *SALIENCY, MASK)
 
 
 def check_method(method: str) -> str:
@@ -31,6 +34,12 @@ def check_methods(methods) -> list[str]:
     if not methods:
         raise ConfigError("explain.methods is empty")
     return [check_method(m) for m in methods]
+
+
+def localization_method(model: nn.Module, method: str) -> str:
+    """The map a model's localization is judged by: its own mask for a segmentation model,
+    else ``method``."""
+    return MASK if hasattr(model, "segment") else method
 
 
 def explainer(
@@ -46,6 +55,8 @@ def explainer(
         smooth_samples, smooth_noise: SmoothGrad's samples and noise (share of 0-255).
     """
     check_method(method)
+    if method == MASK:
+        return PredictedMask(model, batch_size)
     if method in SALIENCY:
         options = {"samples": smooth_samples, "noise": smooth_noise} if method == "smoothgrad" else {}
         return SALIENCY[method](model, batch_size, **options)

@@ -10,7 +10,7 @@ import numpy as np
 from vistumor.data.patches import read_items
 from vistumor.explain import localization
 from vistumor.explain.base import ExplanationMethod
-from vistumor.explain.methods import check_method, explainer
+from vistumor.explain.methods import check_method, explainer, localization_method
 from vistumor.explain.render import Row, grid
 from vistumor.labels import NORMAL, TUMOR, name, predict
 from vistumor.model.inference import tumor_probability
@@ -93,7 +93,8 @@ class CamMonitor(L.Callback):
     def _explainer(self, pl_module) -> ExplanationMethod:
         """One explainer per model, reused every epoch (its target layer is found once)."""
         if self._explainer_of is None or self._explainer_of[0] is not pl_module:
-            method = explainer(pl_module, self.method, self.target_layer, self.fast, self.batch_size)
+            name = localization_method(pl_module, self.method)
+            method = explainer(pl_module, name, self.target_layer, self.fast, self.batch_size)
             self._explainer_of = (pl_module, method)
         return self._explainer_of[1]
 
@@ -123,7 +124,8 @@ class CamMonitor(L.Callback):
             for i in range(len(indices))
         ]
         folder = Path(self.dirpath or trainer.log_dir or trainer.default_root_dir) / "cam"
-        path = grid(rows, [self.method], folder / f"epoch_{trainer.current_epoch:03d}.png",
+        shown = localization_method(pl_module, self.method)
+        path = grid(rows, [shown], folder / f"epoch_{trainer.current_epoch:03d}.png",
                     title=f"{pl_module.hparams.get('backbone', '')} epoch {trainer.current_epoch}")
         self.paths.append(path)
         for logger in trainer.loggers:

@@ -42,7 +42,10 @@ class ModelScorer:
         self.model = model.to(device).eval()
         self.device = device
         self.size = model.input_size
-        self.cam = FastGradCAMPlusPlus(self.model, target_layer) if cams else None
+        #: a segmentation model's maps are its predicted masks, else Grad-CAM++
+        self.kind = "mask" if hasattr(model, "segment") else "gradcam++"
+        self.cam = FastGradCAMPlusPlus(self.model, target_layer) if cams and self.kind != "mask" else None
+        self.maps = cams
         bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
         self.bf16 = precision == "bf16" or (precision == "auto" and bf16)
 
@@ -60,6 +63,8 @@ class ModelScorer:
         x = self._images(patches)
         autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16
                     else contextlib.nullcontext())
+        if self.kind == "mask":
+            return self._segment(x, autocast)
         if self.cam is None:
             with torch.inference_mode(), autocast:
                 logits = self.model(x)
@@ -67,6 +72,17 @@ class ModelScorer:
         with gradients(self.model), autocast:
             logits, raw = self.cam.raw(x, [TUMOR] * len(x))
         return logits.float().softmax(1)[:, TUMOR].cpu().numpy(), raw.float().cpu().numpy()
+
+
+    def _segment(self, x: torch.Tensor, autocast) -> tuple[np.ndarray, np.ndarray | None]:
+        """A segmentation model's patch probability and its mask at an eighth of the input."""
+        with torch.inference_mode(), autocast:
+            logits = self.model.mask_logits(x).float()
+        prob = self.model.patch_probability(logits).cpu().numpy()
+        if not self.maps:
+            return prob, None
+        masks = F.adaptive_avg_pool2d(logits.sigmoid()[:, None], max(1, self.size // 8))[:, 0]
+        return prob, masks.cpu().numpy()
 
 
 class OracleScorer:

@@ -42,10 +42,17 @@ class CamSettings:
     normalize: str = "slide"
 
 
+LESION_SOURCES = ("heatmap", "mask")
+
+
 @dataclass(frozen=True)
 class LesionSettings:
+    """threshold: of the map lesions come from; source: ``heatmap`` (patch probabilities) or
+    ``mask`` (a segmentation model's stitched mask; other models keep the heatmap)."""
+
     threshold: float = 0.5
     min_cells: int = 1
+    source: str = "heatmap"
 
 
 @dataclass(frozen=True)
@@ -85,6 +92,8 @@ class InferParams:
         if self.cam.normalize not in CAM_NORMALIZE:
             raise ConfigError(f"infer.cam.normalize must be one of {CAM_NORMALIZE}, "
                               f"got {self.cam.normalize!r}")
+        if self.lesions.source not in LESION_SOURCES:
+            raise ConfigError(f"infer.lesions.source must be one of {LESION_SOURCES}, got {self.lesions.source!r}")
         if self.read.level != "auto" and not isinstance(self.read.level, int):
             raise ConfigError(f"infer.read.level must be auto or a level number, got {self.read.level!r}")
 

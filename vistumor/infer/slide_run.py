@@ -24,7 +24,7 @@ from vistumor.infer.inputs import SlideInput
 from vistumor.infer.lesions import find_lesions, write_lesions
 from vistumor.infer.params import InferParams
 from vistumor.infer.reader import PatchStream
-from vistumor.infer.stitch import CamCanvas, thumbnail_of
+from vistumor.infer.stitch import CamCanvas, reduce_canvas, thumbnail_of
 from vistumor.wsi.annotations import TumorAnnotation, read_annotations
 from vistumor.wsi.slide import Slide
 
@@ -93,8 +93,9 @@ def one_pass(item: SlideInput, grid: SlideGrid, group: list[ModelRun], params: I
                 maps[m.name].add(indices, prob)
                 if cams is not None and params.cam.enabled:
                     if canvases[m.name] is None:
-                        canvases[m.name] = CamCanvas(grid, cams.shape[-1], params.cam.px_per_cell,
-                                                     m.folder / "cams")
+                        mask = getattr(m.scorer, "kind", "") == "mask"  # a mask: as fine already
+                        canvases[m.name] = CamCanvas(grid, cams.shape[-1], 1 if mask else params.cam.px_per_cell,
+                                                     m.folder / "cams", weighted=not mask)
                     canvases[m.name].add(indices, prob, cams)
     except BaseException:
         for canvas in canvases.values():
@@ -110,6 +111,17 @@ def grid_pixels(grid: SlideGrid) -> int:
     for r0, r1, c0, c1 in zip(*cell_spans(grid), strict=True):
         covered[max(r0, 0) : r1, max(c0, 0) : c1] = True
     return int(covered.sum() * (grid.stride0 / grid.read_downsample) ** 2)
+
+
+def lesion_source(item: SlideInput, grid: SlideGrid, m: ModelRun, values: np.ndarray,
+                  canvas: CamCanvas | None, params: InferParams) -> tuple[str, np.ndarray, float]:
+    """The map lesions and detections come from: the probability heatmap, or (with
+    ``lesions.source=mask`` and a segmentation model) its stitched mask at half a cell."""
+    if params.lesions.source != "mask" or canvas is None or canvas.weighted:
+        return "heatmap", values, grid.stride0
+    factor = max(1, int(round(grid.stride0 / 2 / canvas.out_px0)))
+    reduced, cell_px = reduce_canvas(m.path("cams", item.slide_id, ".npy"), factor)
+    return "mask", reduced, cell_px
 
 
 def write_outputs(item: SlideInput, grid: SlideGrid, m: ModelRun, pmap: ProbabilityMap,
@@ -130,14 +142,15 @@ def write_outputs(item: SlideInput, grid: SlideGrid, m: ModelRun, pmap: Probabil
             canvas.close()
         scale = meta["scale"]
         cam, cam_px = thumbnail_of(m.path("cams", item.slide_id, ".npy"), grid.thumbnail.shape[:2])
-    lesions = find_lesions(values, grid.stride0, params.lesions.threshold, grid.mpp, params.lesions.min_cells)
+    source, lesion_map, lesion_px = lesion_source(item, grid, m, values, canvas, params)
+    lesions = find_lesions(lesion_map, lesion_px, params.lesions.threshold, grid.mpp, params.lesions.min_cells)
     write_lesions(m.folder / "lesions", item.slide_id, lesions)
     d = params.detections
     radius = d.radius_um / grid.mpp if grid.mpp else d.radius_px
-    points = nms_points(values, grid.stride0, radius, d.min_prob)
+    points = nms_points(lesion_map, lesion_px, radius, d.min_prob)
     write_detections(m.path("detections", item.slide_id, ".csv"), points)
     summary_figure(m.path("figures", item.slide_id, ".png"), grid.thumbnail, grid.thumb_downsample, values,
                    grid.stride0, cam, cam_px, scale, annotation, lesions, f"{item.slide_id}: {m.name}")
     return {"score": slide_score(values, params.score.method, params.score.k), "lesions": len(lesions),
-            "detections": len(points), "cam_scale": scale,
+            "detections": len(points), "cam_scale": scale, "lesion_source": source,
             "largest_lesion_mm2": lesions[0].area_mm2 if lesions else 0.0}

@@ -45,8 +45,8 @@ class CamCanvas:
         folder: where the temporary accumulators go (beside the output).
     """
 
-    def __init__(self, grid: SlideGrid, cam_cells: int, px_per_cell: int, folder: Path):
-        self.grid, self.cells, self.px = grid, cam_cells, px_per_cell
+    def __init__(self, grid: SlideGrid, cam_cells: int, px_per_cell: int, folder: Path, weighted: bool = True):
+        self.grid, self.cells, self.px, self.weighted = grid, cam_cells, px_per_cell, weighted
         self.size = cam_cells * px_per_cell  # output px per patch
         self.out_px0 = grid.size0 / self.size  # level-0 px per output px
         self.shape = (math.ceil(grid.height0 / self.out_px0), math.ceil(grid.width0 / self.out_px0))
@@ -64,7 +64,8 @@ class CamCanvas:
             left = int(round(self.grid.x0[i] / self.out_px0))
             rows, cols = min(self.size, h - top), min(self.size, w - left)
             window = self.window[:rows, :cols]
-            self.total[top : top + rows, left : left + cols] += float(p) * big[:rows, :cols] * window
+            weight = float(p) if self.weighted else 1.0  # a mask is a probability already
+            self.total[top : top + rows, left : left + cols] += weight * big[:rows, :cols] * window
             self.weight[top : top + rows, left : left + cols] += window
 
     def save(self, path: Path, sidecar: dict[str, Any]) -> dict[str, Any]:
@@ -86,7 +87,9 @@ class CamCanvas:
         meta = {**sidecar, "shape": list(self.shape), "cell_size_px": self.out_px0,
                 "cell_size_um": self.out_px0 * self.grid.mpp if self.grid.mpp else None,
                 "origin_level0": [0, 0], "cam_cells": self.cells, "px_per_cam_cell": self.px,
-                "scale": peak, "value": "probability-weighted raw Grad-CAM++, blended (Hann window)"}
+                "scale": peak if self.weighted else 1.0,
+                "value": ("probability-weighted raw Grad-CAM++, blended (Hann window)" if self.weighted
+                          else "predicted tumor probability per pixel (segmentation), blended (Hann window)")}
         write_json(path.with_suffix(".json"), meta)
         return meta
 
@@ -97,11 +100,16 @@ class CamCanvas:
 
 
 def thumbnail_of(path: Path, shape: tuple[int, int]) -> tuple[np.ndarray, float]:
-    """A saved canvas reduced to about ``shape`` by block means (read in row chunks), and
-    its level-0 px per value."""
+    """A saved canvas reduced to about ``shape``, and its level-0 px per value."""
+    canvas = np.load(path, mmap_mode="r")
+    return reduce_canvas(path, max(1, int(math.ceil(max(canvas.shape[0] / shape[0], canvas.shape[1] / shape[1])))))
+
+
+def reduce_canvas(path: Path, factor: int) -> tuple[np.ndarray, float]:
+    """A saved canvas reduced by block means of ``factor x factor`` (NaN ignored; read in row
+    chunks), and its level-0 px per value."""
     canvas = np.load(path, mmap_mode="r")
     cell_px = float(json.loads(path.with_suffix(".json").read_text())["cell_size_px"])
-    factor = max(1, int(math.ceil(max(canvas.shape[0] / shape[0], canvas.shape[1] / shape[1]))))
     h, w = canvas.shape[0] // factor, canvas.shape[1] // factor
     out = np.empty((h, w), np.float32)
     for r in range(0, h, 256):

@@ -15,6 +15,7 @@ import torch
 
 from vistumor.errors import ConfigError
 from vistumor.model.classifier import PatchClassifier
+from vistumor.model.segmenter import PatchSegmenter
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -60,7 +61,8 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> Pat
     hparams = ckpt["hyper_parameters"]
     kwargs = {k: v for k, v in hparams.items() if k not in ("pretrained", "weights_path")}
     try:
-        model = PatchClassifier(**kwargs, pretrained=False, weights_path=None)
+        model_class = PatchSegmenter if "decoder_channels" in hparams else PatchClassifier
+        model = model_class(**kwargs, pretrained=False, weights_path=None)
     except TypeError as err:  # another module's hyper-parameters
         raise ConfigError(f"not a VisTumor checkpoint ({err})", path) from err
     try:

@@ -75,13 +75,15 @@ class PatchClassifier(L.LightningModule):
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        self.net, self.weights_source = backbones.create_backbone(
+        self.net, self.weights_source = self.build_network(
             backbone, pretrained, weights_path, num_classes, drop_rate, weights_fallback
         )
-        self.trainable = backbones.apply_freeze(self.net, freeze)
-        self.head_only = self.trainable <= backbones.head_parameters(self.net)
+        self.trainable = self.trainable_parameters(self.net, freeze)
+        for name, param in self.net.named_parameters():
+            param.requires_grad_(name in self.trainable)
+        self.head_only = self.is_head_only()
         self._frozen = backbones.frozen_modules(self.net)
-        self.data_config = timm.data.resolve_model_data_config(self.net)
+        self.data_config = self.data_config_of(self.net)
         if image_size is None:  # fixed here, once: checkpoints record the size trained at
             self.hparams.image_size = int(self.data_config["input_size"][-1])
         mean = torch.tensor(self.data_config["mean"]).view(1, 3, 1, 1) * 255
@@ -93,6 +95,22 @@ class PatchClassifier(L.LightningModule):
         self.metrics = nn.ModuleDict({f"{s}_metrics": StageMetrics(s, threshold) for s in STAGES})
         self.test_outputs: dict[str, list] = {}
         self.train()  # frozen modules in eval from the start: Lightning's fit never calls train()
+
+    # -- the network (what a variant overrides) ------------------------------------------------
+
+    def build_network(self, backbone, pretrained, weights_path, num_classes, drop_rate, fallback):
+        """The timm model with a fresh head and the requested trunk weights, and their source."""
+        return backbones.create_backbone(backbone, pretrained, weights_path, num_classes, drop_rate, fallback)
+
+    def trainable_parameters(self, net: nn.Module, freeze: str | int) -> set[str]:
+        return backbones.trainable_names(net, freeze)
+
+    def is_head_only(self) -> bool:
+        """Only the classifier trains: its trunk features can be computed without a graph."""
+        return self.trainable <= backbones.head_parameters(self.net)
+
+    def data_config_of(self, net: nn.Module) -> dict:
+        return timm.data.resolve_model_data_config(net)
 
     # -- model ------------------------------------------------------------------------------
 

@@ -26,8 +26,9 @@ from vistumor.runs import intervals
 log = logging.getLogger(__name__)
 
 _TEST_TITLES = {"acc": "accuracy", "fpr": "FPR", "fnr": "FNR", "recall": "recall", "auroc": "AUROC"}
-_CAM_TITLES = {"pointing": "CAM pointing", "energy": "CAM energy", "iou": "CAM IoU",
-               "dice": "CAM Dice", "auroc": "CAM pixel AUROC"}
+#: localization of the model's map: Grad-CAM++ for a classifier, the predicted mask for a segmenter
+_CAM_TITLES = {"pointing": "map pointing", "energy": "map energy", "iou": "map IoU",
+               "dice": "map Dice", "auroc": "map pixel AUROC"}
 _SLIDE_TITLES = {"slide_auc": "slide AUC", "froc": "FROC"}
 assert set(_TEST_TITLES) <= set(metrics.NAMES) and set(_CAM_TITLES) <= set(localization.NAMES)
 
@@ -35,6 +36,7 @@ assert set(_TEST_TITLES) <= set(metrics.NAMES) and set(_CAM_TITLES) <= set(local
 #: ``<key>_ci95`` beside a key is its 95 % interval over slides. Columns appear when present.
 COLUMNS = {
     "model": "model",
+    "kind": "kind",
     "weights": "weights",
     **{metrics.key("test", name): title for name, title in _TEST_TITLES.items()},
     metrics.key("test", "fpr_op"): "FPR at val op.",

@@ -24,7 +24,7 @@ from vistumor.data.patches import PatchDataset, read_items
 from vistumor.errors import ConfigError
 from vistumor.explain import localization, report, selection
 from vistumor.explain.layers import find_target_layer, network
-from vistumor.explain.methods import CAM_METHODS, check_methods, explainer
+from vistumor.explain.methods import CAM_METHODS, check_methods, explainer, localization_method
 from vistumor.explain.sanity import randomization_check
 from vistumor.files import atomic_path, write_json
 from vistumor.labels import OUTCOMES, TUMOR
@@ -63,11 +63,14 @@ def explain(cfg: DictConfig) -> dict[str, Any]:
     maps, tables, summary = {}, [], {"models": {}, "methods": methods, "split": cfg.select.split,
                                      "candidates": len(patches.labels), "shown": len(shown)}
     for name, model in zip(names, models, strict=True):
-        maps[name], cams = explanation_maps(cfg, model, patches, shown, methods, score_method)
+        # a segmentation model is judged (and shown) by its own mask where the others use a CAM
+        own = list(dict.fromkeys(localization_method(model, m) if m in CAM_METHODS else m for m in methods))
+        own_score = localization_method(model, score_method)
+        maps[name], cams = explanation_maps(cfg, model, patches, shown, own, own_score)
         table = score(cfg, name, patches, probs[name], threshold, cams, model.input_size)
         tables.append(table)
         summary["models"][name] = report.model_summary(model.checkpoint_path, model.input_size, table,
-                                                       score_method)
+                                                       own_score)
         if cfg.sanity_check:
             images = patches.pixels[model.input_size][0][shown]
             summary["models"][name]["randomization"] = randomization_check(

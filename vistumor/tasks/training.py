@@ -46,7 +46,7 @@ def ensure_manifest(cfg: DictConfig, path: str | Path, spec: Mapping[str, Any]) 
     return path
 
 
-def build_datamodule(cfg: DictConfig, image_size: int) -> PatchDataModule:
+def build_datamodule(cfg: DictConfig, image_size: int, train_masks: bool = False) -> PatchDataModule:
     """The configured datamodule at the model's input size; a manifest source is told the
     spec its manifest must match (and the manifest is made first when it may be)."""
     node = cfg.data.datamodule
@@ -60,7 +60,8 @@ def build_datamodule(cfg: DictConfig, image_size: int) -> PatchDataModule:
     source = instantiate_node(source_node, **extra, _convert_="all")
     return instantiate_node(node, source=source, image_size=image_size,
                             augment=plain(cfg.get("augment")) or {}, seed=cfg.get("seed") or 0,
-                            on_bad_patch=cfg.data.get("on_bad_patch", "fail"), _convert_="all")
+                            on_bad_patch=cfg.data.get("on_bad_patch", "fail"), train_masks=train_masks,
+                            _convert_="all")
 
 
 def instantiate_node(node: Any, **kwargs: Any) -> Any:
@@ -120,7 +121,7 @@ def train(
         check_compatible(cfg.ckpt_path, cfg.model.backbone, resume=cfg.get("train", True))
     seed(cfg)
     model = model or build_model(cfg)
-    dm = dm or build_datamodule(cfg, model.input_size)
+    dm = dm or build_datamodule(cfg, model.input_size, train_masks=getattr(model, "needs_masks", False))
     for stage, wanted in (("fit", cfg.get("train", True)), ("test", cfg.get("test", True))):
         if wanted:  # bad data fails here, before a logger writes anything into the run folder
             dm.setup(stage)
@@ -134,7 +135,7 @@ def train(
         logger.log_hyperparams({**plain(_without_hydra(cfg)), "params_trainable": trainable,
                                 "params_total": total})
     log.info("%s: %s trainable of %s parameters", cfg.model.backbone, f"{trainable:,}", f"{total:,}")
-    result: dict[str, Any] = {"model": cfg.model.backbone, "weights": model.weights_source,
+    result: dict[str, Any] = {"model": cfg.model.backbone, "kind": model_kind(model), "weights": model.weights_source,
                               "params_trainable": trainable,
                               "params_total": total, "run_dir": str(cfg.paths.output_dir)}
     try:
@@ -151,6 +152,11 @@ def train(
     if trainer.is_global_zero:
         write_json(Path(cfg.paths.output_dir) / "metrics.json", result)
     return result
+
+
+def model_kind(model: PatchClassifier) -> str:
+    """``classifier`` (localised by Grad-CAM++) or ``segmenter`` (by its own mask)."""
+    return "segmenter" if getattr(model, "needs_masks", False) else "classifier"
 
 
 def fit_and_test(cfg: DictConfig, trainer: L.Trainer, model: PatchClassifier, dm: PatchDataModule) -> dict:
