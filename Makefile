@@ -17,7 +17,7 @@ DEMO := outputs/demo
 FALLBACK ?= random
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo data tile train sweep explain infer evaluate test test-slow lint bench clean
+.PHONY: help install demo demo-seg data tile train sweep explain infer evaluate test test-slow lint bench clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -37,6 +37,12 @@ demo: $(STAMP) ## The main job on the embedded default: generate, tile, train, e
 	$(PY) infer.py ckpt_path=$(DEMO)/train/checkpoints/last.ckpt data=synthetic_test slides=all hydra.run.dir=$(DEMO)/infer
 	$(PY) -m vistumor.compare $(DEMO)
 	@echo "demo outputs: $(DEMO)/train (metrics, curves, cam/), $(DEMO)/explain, $(DEMO)/infer (heatmaps, lesions, evaluation), $(DEMO)/comparison.md"
+
+demo-seg: $(STAMP) ## After make demo: the U-Net variant on the same patches and test slides, in the same table
+	$(PY) train.py experiment=demo model=seg_lite0 callbacks=default hydra.run.dir=$(DEMO)/seg/train $(ARGS)
+	$(PY) infer.py ckpt_path=$(DEMO)/seg/train/checkpoints/last.ckpt data=synthetic_test slides=all lesions.source=mask hydra.run.dir=$(DEMO)/seg/infer_mask
+	$(PY) infer.py ckpt_path=$(DEMO)/seg/train/checkpoints/last.ckpt data=synthetic_test slides=all hydra.run.dir=$(DEMO)/seg/infer_heatmap
+	$(PY) -m vistumor.compare $(DEMO)
 
 data: $(STAMP) ## Generate the synthetic CAMELYON16-like dataset into data/synthetic (as conf/data/synthetic.yaml)
 	$(PY) -m vistumor.synthetic --root data/synthetic --workers 2 $(ARGS)

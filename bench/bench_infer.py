@@ -38,19 +38,19 @@ TILING = {
 }
 
 
-def model_run(backbone: str, out: Path, device: str = "cpu"):
+def model_run(backbone: str, out: Path, device: str = "cpu", input_size: int = 224):
     import torch
 
     from vistumor.infer.engine import ModelScorer
     from vistumor.infer.slide_run import ModelRun
     from vistumor.model.classifier import PatchClassifier
 
-    model = PatchClassifier(backbone, pretrained=False, image_size=224, tiling=TILING)
+    model = PatchClassifier(backbone, pretrained=False, image_size=input_size, tiling=TILING)
     scorer = ModelScorer(model, torch.device(device))
-    return ModelRun(backbone, scorer, "none", TILING, 224, out / "models" / backbone), scorer
+    return ModelRun(backbone, scorer, "none", TILING, input_size, out / "models" / backbone), scorer
 
 
-def measure_slide(slide: Path, backbone: str, device: str, threads: int) -> dict:
+def measure_slide(slide: Path, backbone: str, device: str, threads: int, input_size: int = 224) -> dict:
     """The whole pass over one slide, then loader-only and forward-only on the same patches."""
     import torch
 
@@ -63,14 +63,14 @@ def measure_slide(slide: Path, backbone: str, device: str, threads: int) -> dict
     from bench_tiling import peak_rss_mb
 
     out = Path(tempfile.mkdtemp(prefix="infer-"))
-    model, scorer = model_run(backbone, out, device)
-    params = InferParams(read=ReadSettings(threads=threads), batch_size=128)
+    model, scorer = model_run(backbone, out, device, input_size)
+    params = InferParams(read=ReadSettings(threads=threads), batch_size=128 if device != "cpu" else 64)
     start = time.perf_counter()
     facts = run_slide(SlideInput(slide.stem, slide), [model], params)[backbone]
     whole = time.perf_counter() - start
     rss = peak_rss_mb()
     with Slide(slide) as s:
-        grid = plan_grid(s, TILING, 224)
+        grid = plan_grid(s, TILING, input_size)
     start = time.perf_counter()
     batches = [p for _, p in PatchStream(slide, grid, 128, threads=threads)]
     loader = time.perf_counter() - start
@@ -84,7 +84,8 @@ def measure_slide(slide: Path, backbone: str, device: str, threads: int) -> dict
     n_forward = sum(len(b) for b in sample)
     rates = {"slide_patches_per_s": facts["patches"] / whole, "loader_patches_per_s": len(grid) / loader,
              "forward_img_per_s": n_forward / forward}
-    return {"slide": slide.name, "backbone": backbone, "device": device, "seconds": round(whole, 2),
+    return {"slide": slide.name, "backbone": backbone, "input_size": input_size, "device": device,
+            "seconds": round(whole, 2),
             "peak_rss_mb": round(rss, 1), "patches": facts["patches"], "read_level": facts["read_level"],
             "decoded_over_grid": round(facts["decoded_px"] / facts["grid_px"], 3),
             **{k: round(v, 1) for k, v in rates.items()},
@@ -140,13 +141,15 @@ def main() -> None:
     parser.add_argument("--backbone", default="test_resnet", help="timm model for the large slide")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--input-size", type=int, default=224, help="model input (a 512 px patch is resized to it)")
     parser.add_argument("--ckpt", default="outputs/demo/train/checkpoints/last.ckpt")
     parser.add_argument("--test-data", default="data/synthetic_test")
     parser.add_argument("--skip-levels", action="store_true")
     parser.add_argument("--measure", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
-        print(json.dumps(measure_slide(Path(args.measure), args.backbone, args.device, args.threads)))
+        print(json.dumps(measure_slide(Path(args.measure), args.backbone, args.device, args.threads,
+                                       args.input_size)))
         return
     from bench_tiling import write_big_slide
 
@@ -157,7 +160,7 @@ def main() -> None:
         write_big_slide(slide, args.size)
     results = {}
     cmd = [sys.executable, __file__, "--measure", str(slide), "--backbone", args.backbone, "--device", args.device,
-           "--threads", str(args.threads)]
+           "--threads", str(args.threads), "--input-size", str(args.input_size)]
     results["large_slide"] = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
                                         .strip().splitlines()[-1])
     if not args.skip_levels and Path(args.ckpt).is_file() and Path(args.test_data).is_dir():

@@ -55,7 +55,7 @@ def process(item: SlideInput, models: Sequence[ModelRun], params: InferParams, o
             key = slide_key(item, models, params)
             previous = json.loads(status_path.read_text()) if status_path.is_file() else {}
             if previous.get("status") == DONE and all(previous.get(k) == v for k, v in key.items()) \
-                    and _outputs_exist(item, models):
+                    and _outputs_exist(item, models, previous):
                 return {**previous, "status": SKIPPED, "reason": "already done with these settings"}
             record.update(key, status=DONE, reason="", models=run_slide(item, list(models), params))
         except VisTumorError as err:
@@ -70,9 +70,11 @@ def process(item: SlideInput, models: Sequence[ModelRun], params: InferParams, o
         return record
 
 
-def _outputs_exist(item: SlideInput, models: Sequence[ModelRun]) -> bool:
+def _outputs_exist(item: SlideInput, models: Sequence[ModelRun], previous: dict) -> bool:
+    """Every output the finished slide had (a deleted file makes the slide run again)."""
+    facts = previous.get("models") or {}
     return all(m.path(k, item.slide_id, s).is_file() for m in models for k, s in OUTPUTS
-               if not (k == "cams" and not m.path("cams", item.slide_id, ".json").parent.is_dir()))
+               if k != "cams" or facts.get(m.name, {}).get("map"))
 
 
 def _remove_outputs(item: SlideInput, models: Sequence[ModelRun]) -> None:

@@ -152,5 +152,5 @@ def write_outputs(item: SlideInput, grid: SlideGrid, m: ModelRun, pmap: Probabil
     summary_figure(m.path("figures", item.slide_id, ".png"), grid.thumbnail, grid.thumb_downsample, values,
                    grid.stride0, cam, cam_px, scale, annotation, lesions, f"{item.slide_id}: {m.name}")
     return {"score": slide_score(values, params.score.method, params.score.k), "lesions": len(lesions),
-            "detections": len(points), "cam_scale": scale, "lesion_source": source,
+            "detections": len(points), "cam_scale": scale, "map": canvas is not None, "lesion_source": source,
             "largest_lesion_mm2": lesions[0].area_mm2 if lesions else 0.0}

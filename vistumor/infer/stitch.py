@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 import os
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from vistumor.infer.geometry import SlideGrid
 
 _FLOOR = 1e-3  # the window never reaches 0: a lone patch still counts up to its border
 _ROWS = 1024  # canvas rows finalised per step
+_RELEASE_EVERY = 32  # batches between releases of the canvas's pages
 
 
 def hann(n: int) -> np.ndarray:
@@ -54,6 +56,7 @@ class CamCanvas:
         self._files = [folder / f".canvas-{os.getpid()}-{id(self)}-{n}.tmp" for n in ("sum", "weight")]
         self.total, self.weight = (np.memmap(f, np.float32, "w+", shape=self.shape) for f in self._files)
         self.window = hann(self.size)
+        self._adds = 0
 
     def add(self, indices: np.ndarray, prob: np.ndarray, maps: np.ndarray) -> None:
         """Add each patch's raw map, upsampled, times its probability and the window."""
@@ -67,6 +70,17 @@ class CamCanvas:
             weight = float(p) if self.weighted else 1.0  # a mask is a probability already
             self.total[top : top + rows, left : left + cols] += weight * big[:rows, :cols] * window
             self.weight[top : top + rows, left : left + cols] += window
+        self._adds += 1
+        if self._adds % _RELEASE_EVERY == 0:
+            self.release()
+
+    def release(self) -> None:
+        """Write the touched pages back and let the kernel drop them: the canvas's resident
+        memory stays bounded (pages a later patch touches come back from the file)."""
+        for canvas in (self.total, self.weight):
+            canvas.flush()
+            if hasattr(mmap, "MADV_DONTNEED") and canvas._mmap is not None:
+                canvas._mmap.madvise(mmap.MADV_DONTNEED)
 
     def save(self, path: Path, sidecar: dict[str, Any]) -> dict[str, Any]:
         """Write the blended canvas to ``path`` (.npy, NaN where no patch) and its sidecar;
