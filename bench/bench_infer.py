@@ -53,6 +53,7 @@ def model_run(backbone: str, out: Path, device: str = "cpu", input_size: int = 2
 def measure_slide(slide: Path, backbone: str, device: str, threads: int, input_size: int = 224) -> dict:
     """The whole pass over one slide, then loader-only and forward-only on the same patches."""
     import torch
+    from bench_tiling import peak_rss_mb
 
     from vistumor.infer.geometry import plan_grid
     from vistumor.infer.inputs import SlideInput
@@ -60,7 +61,6 @@ def measure_slide(slide: Path, backbone: str, device: str, threads: int, input_s
     from vistumor.infer.reader import PatchStream
     from vistumor.infer.slide_run import run_slide
     from vistumor.wsi.slide import Slide
-    from bench_tiling import peak_rss_mb
 
     out = Path(tempfile.mkdtemp(prefix="infer-"))
     model, scorer = model_run(backbone, out, device, input_size)
