@@ -1,0 +1,268 @@
+"""HTTP: a small router over :class:`ViewerApp` and the standard library's threading server.
+
+Every URL is split into segments and each segment is decoded once; a segment that is
+empty, ``.``/``..``, or holds ``..``, a slash, a backslash or NUL (raw or percent-encoded)
+ends the request with 404 before any lookup. Names are then looked up in the run (never
+joined onto a path), static files in a table built at start-up. Unknown names, levels and
+tiles are 404; any other failure is logged here with its traceback and answered with a
+bare 500.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import mimetypes
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+from vistumor.errors import VisTumorError
+from vistumor.viewer import pages
+from vistumor.viewer.layers import HeatTiles
+from vistumor.viewer.run import NotFound, RunFolder, safe_name
+from vistumor.viewer.tiles import ByteLRU, DziGeometry, SlideTiles
+
+log = logging.getLogger(__name__)
+
+NUMBER = re.compile(r"^[0-9]{1,7}$")
+TILE = re.compile(r"^([0-9]{1,7})_([0-9]{1,7})\.(jpeg|png)$")
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; "
+                               "style-src 'self' 'unsafe-inline'; object-src 'none'; frame-ancestors 'none'",
+}
+TILE_CACHE = "private, max-age=600"
+
+
+@dataclass
+class Response:
+    status: int
+    body: bytes
+    content_type: str = "text/plain; charset=utf-8"
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def not_found(reason: str = "not found") -> Response:
+    return Response(HTTPStatus.NOT_FOUND, f"404 {reason}\n".encode())
+
+
+def segments(target: str) -> list[str]:
+    """The decoded segments of a request target's path; :class:`NotFound` for anything that
+    could name a parent folder, another root or a different separator."""
+    path = target.partition("?")[0].partition("#")[0]
+    if not path.startswith("/") or path.startswith("//") or "\\" in path:  # origin-form only
+        raise NotFound("bad path")
+    if path == "/":
+        return []
+    parts = [unquote(part, errors="strict") for part in path[1:].split("/")]
+    if not all(safe_name(part) and part != "." for part in parts):
+        raise NotFound("bad path segment")
+    return parts
+
+
+def static_files() -> dict[str, tuple[bytes, str]]:
+    """The files under ``static/`` (the page templates excepted), by their URL path."""
+    table = {}
+    root = Path(str(pages.STATIC))
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and path.suffix != ".html":
+            kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+            if kind.startswith("text/") or kind.endswith("javascript"):
+                kind += "; charset=utf-8"
+            table[path.relative_to(root).as_posix()] = (path.read_bytes(), kind)
+    return table
+
+
+class ViewerApp:
+    """The viewer of one run folder: ``handle(target)`` answers a GET."""
+
+    def __init__(self, run: RunFolder | str | Path, cache_mb: int = 256):
+        self.run = run if isinstance(run, RunFolder) else RunFolder(run)
+        self.cache = ByteLRU(cache_mb << 20)
+        self.heat = HeatTiles(self.run, self.cache)
+        self.static = static_files()
+        self._slides: dict[str, SlideTiles] = {}
+        self.routes: list[tuple[tuple[str, ...], Callable[..., Response]]] = [
+            ((), self.index), (("view", "*"), self.view), (("api", "run"), self.api_run),
+            (("api", "slide", "*"), self.api_slide), (("api", "lesions", "*", "*"), self.api_lesions),
+            (("api", "truth", "*"), self.api_truth), (("slide", "*"), self.slide_dzi),
+            (("slide", "*", "*", "*"), self.slide_tile), (("heat", "*", "*", "*"), self.heat_dzi),
+            (("heat", "*", "*", "*", "*", "*"), self.heat_tile), (("thumb", "*"), self.thumbnail),
+            (("figure", "*", "*"), self.figure),
+        ]
+
+    def handle(self, target: str) -> Response:
+        try:
+            parts = segments(target)
+            if parts and parts[0] == "static":
+                return self.static_file("/".join(parts[1:]))
+            for pattern, handler in self.routes:
+                if len(pattern) == len(parts) and all(p in ("*", s) for p, s in zip(pattern, parts, strict=True)):
+                    args = [s for p, s in zip(pattern, parts, strict=True) if p == "*"]
+                    return handler(*args)
+            return not_found()
+        except (NotFound, UnicodeDecodeError) as err:
+            return not_found(str(err) if isinstance(err, NotFound) else "bad encoding")
+        except VisTumorError as err:  # a slide or annotation that cannot be read: said, not traced
+            log.warning("%s: %s", target, err)
+            return not_found("cannot be read")
+        except Exception:
+            log.exception("error answering %s", target)
+            return Response(HTTPStatus.INTERNAL_SERVER_ERROR, b"500 internal error\n")
+
+    # -- pages and data --------------------------------------------------------------------
+
+    def index(self) -> Response:
+        return _html(pages.index_page(self.run))
+
+    def view(self, name: str) -> Response:
+        return _html(pages.slide_page(self.run, name))
+
+    def static_file(self, name: str) -> Response:
+        if name not in self.static:
+            raise NotFound(f"no static file {name!r}")
+        body, kind = self.static[name]
+        return Response(HTTPStatus.OK, body, kind, {"Cache-Control": "public, max-age=3600"})
+
+    def api_run(self) -> Response:
+        return _json(pages.run_info(self.run))
+
+    def api_slide(self, name: str) -> Response:
+        entry = self.run.slide(name)
+        tiles = self.tiles(name) if entry.path else None
+        size = tiles.slide.dimensions if tiles else None
+        return _json(pages.slide_info(self.run, self.heat, name, size, tiles.slide.mpp if tiles else None))
+
+    def api_lesions(self, model: str, name: str) -> Response:
+        self.run.model(model)
+        return _json({"slide": self.run.slide(name).name, "model": model,
+                      "lesions": self.run.lesions(model, name)})
+
+    def api_truth(self, name: str) -> Response:
+        return _json({"slide": self.run.slide(name).name, "rings": self.run.truth(name)})
+
+    # -- tiles -----------------------------------------------------------------------------
+
+    def tiles(self, name: str) -> SlideTiles:
+        """The slide's tile source, opened on first use (the run names it; its file exists)."""
+        found = self._slides.get(name)
+        if found is None:
+            entry = self.run.slide(name)
+            if entry.path is None:
+                raise NotFound(f"slide file of {name!r} not found")
+            found = self._slides.setdefault(name, SlideTiles(name, entry.path, self.cache))
+        return found
+
+    def slide_dzi(self, file: str) -> Response:
+        return Response(HTTPStatus.OK, self.tiles(_stem(file, ".dzi")).dzi().encode(), "application/xml")
+
+    def slide_tile(self, folder: str, level: str, file: str) -> Response:
+        col, row = _tile(file, "jpeg")
+        data = self.tiles(_stem(folder, "_files")).tile(_int(level), col, row)
+        return Response(HTTPStatus.OK, data, "image/jpeg", {"Cache-Control": TILE_CACHE})
+
+    def heat_dzi(self, model: str, layer: str, file: str) -> Response:
+        name = _stem(file, ".dzi")
+        self.heat.layer(model, layer, name)
+        return Response(HTTPStatus.OK, self.tiles(name).geometry.dzi("png").encode(), "application/xml")
+
+    def heat_tile(self, model: str, layer: str, folder: str, level: str, file: str) -> Response:
+        name = _stem(folder, "_files")
+        col, row = _tile(file, "png")
+        geometry: DziGeometry = self.tiles(name).geometry
+        data = self.heat.tile(model, layer, name, geometry, _int(level), col, row)
+        return Response(HTTPStatus.OK, data, "image/png", {"Cache-Control": TILE_CACHE})
+
+    def thumbnail(self, file: str) -> Response:
+        return Response(HTTPStatus.OK, self.tiles(_stem(file, ".jpeg")).thumbnail(), "image/jpeg",
+                        {"Cache-Control": TILE_CACHE})
+
+    def figure(self, model: str, file: str) -> Response:
+        path = self.run.file(model, "figures", _stem(file, ".png"), ".png")
+        return Response(HTTPStatus.OK, path.read_bytes(), "image/png")
+
+
+def _stem(file: str, suffix: str) -> str:
+    if not file.endswith(suffix) or len(file) == len(suffix):
+        raise NotFound(f"{file!r} does not end with {suffix}")
+    return file[: -len(suffix)]
+
+
+def _int(text: str) -> int:
+    if not NUMBER.match(text):
+        raise NotFound(f"{text!r} is not a level")
+    return int(text)
+
+
+def _tile(file: str, fmt: str) -> tuple[int, int]:
+    found = TILE.match(file)
+    if not found or found.group(3) != fmt:
+        raise NotFound(f"{file!r} is not a {fmt} tile name")
+    return int(found.group(1)), int(found.group(2))
+
+
+def _html(text: str) -> Response:
+    return Response(HTTPStatus.OK, text.encode(), "text/html; charset=utf-8", {"Cache-Control": "no-cache"})
+
+
+def _json(data: Any) -> Response:
+    return Response(HTTPStatus.OK, json.dumps(data, allow_nan=False, default=_plain).encode(),
+                    "application/json", {"Cache-Control": "no-cache"})
+
+
+def _plain(value: Any) -> Any:
+    """JSON for numpy scalars and paths."""
+    return value.item() if hasattr(value, "item") else str(value)
+
+
+class Handler(BaseHTTPRequestHandler):
+    """GET and HEAD through the server's :class:`ViewerApp`; keep-alive (HTTP/1.1)."""
+
+    protocol_version = "HTTP/1.1"
+    server_version = "vistumor-viewer"
+    sys_version = ""
+    # headers and body leave in two writes: with Nagle's algorithm on, the body waits for the
+    # client's delayed ACK (~40 ms a tile on a keep-alive connection)
+    disable_nagle_algorithm = True
+
+    def do_GET(self) -> None:  # noqa: N802 (the standard library's name)
+        self._answer(send_body=True)
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        self._answer(send_body=False)
+
+    def _answer(self, send_body: bool) -> None:
+        response = self.server.app.handle(self.path)  # type: ignore[attr-defined]
+        self.send_response(response.status)
+        for key, value in {**SECURITY_HEADERS, **response.headers}.items():
+            self.send_header(key, value)
+        self.send_header("Content-Type", response.content_type)
+        self.send_header("Content-Length", str(len(response.body)))
+        self.end_headers()
+        if send_body:
+            self.wfile.write(response.body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the standard library's name)
+        log.debug("%s %s", self.address_string(), format % args)
+
+
+class ViewerServer(ThreadingHTTPServer):
+    daemon_threads = True
+    # many tiles are asked for at once: a deeper backlog than socketserver's 5
+    request_queue_size = 64
+
+    def __init__(self, app: ViewerApp, host: str = "127.0.0.1", port: int = 0):
+        self.app = app
+        super().__init__((host, port), Handler)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}/"
