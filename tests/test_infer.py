@@ -160,3 +160,31 @@ def test_slide_score_max_or_top_k_mean():
     assert slide_score(values, "max") == pytest.approx(0.9)
     assert slide_score(values, "topk", k=2) == pytest.approx(0.8)
     assert slide_score(np.full((2, 2), np.nan), "max") == 0.0
+
+
+def naive_nms(values, cell_px, radius_px, min_prob):
+    """The definition: repeatedly take the maximum, clear a disc around it."""
+    work = np.nan_to_num(values, nan=0.0).astype(np.float64)
+    rows, cols = np.indices(work.shape)
+    points = []
+    while True:
+        r, c = divmod(int(np.argmax(work)), work.shape[1])
+        if work[r, c] < min_prob or work[r, c] <= 0:
+            return points
+        points.append((float(work[r, c]), int((c + 0.5) * cell_px), int((r + 0.5) * cell_px)))
+        work[(rows - r) ** 2 + (cols - c) ** 2 <= (radius_px / cell_px) ** 2] = 0.0
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_fast_nms_and_cell_outlines_equal_their_definitions(seed):
+    rng = np.random.default_rng(seed)
+    values = rng.random((30, 40)).astype(np.float32)
+    values[rng.random(values.shape) < 0.2] = np.nan
+    values[3, 3] = values[3, 5] = 0.999  # a tie: row-major order decides, as argmax
+    assert nms_points(values, 10, 25, 0.3) == naive_nms(values, 10, 25, 0.3)
+    blob = rng.random((30, 40)) < 0.4
+    rows, cols = np.nonzero(blob)
+    boxes = shapely.union_all(shapely.box(cols * 7, rows * 7, (cols + 1) * 7, (rows + 1) * 7))
+    from vistumor.infer.lesions import cells_polygon
+
+    assert cells_polygon(rows, cols, 7).symmetric_difference(boxes).area < 1e-9

@@ -4,13 +4,16 @@ level-0 px, exported for QuPath (GeoJSON) and ASAP (XML); both read back through
 
 A lesion's outline follows its cells' edges exactly (the union of the cell squares), so
 its area is the area of its cells; holes (cells below the threshold inside a lesion) stay
-holes: GeoJSON polygon interiors, ASAP ``Exclusion`` polygons.
+holes: GeoJSON polygon interiors, ASAP ``Exclusion`` polygons. The two writers
+(:func:`geojson_feature`, :func:`asap_xml`) also write the viewer's reviewed lesions.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from xml.sax.saxutils import quoteattr
 
 import cv2
@@ -22,6 +25,8 @@ from vistumor.files import write_json, write_text
 
 TUMOR_CLASS, TUMOR_COLOUR = "Tumor", (200, 0, 0)
 HOLE_GROUP = "Exclusion"
+#: ASAP group -> colour, in the order the groups are defined
+GROUP_COLOURS = {TUMOR_CLASS: "#{:02X}{:02X}{:02X}".format(*TUMOR_COLOUR), HOLE_GROUP: "#64FE2E"}
 
 
 @dataclass
@@ -58,8 +63,7 @@ def find_lesions(values: np.ndarray, cell_px: float, threshold: float, mpp: floa
         rows, cols = np.nonzero(labels == k)
         if len(rows) < min_cells:
             continue
-        boxes = shapely.box(cols * cell_px, rows * cell_px, (cols + 1) * cell_px, (rows + 1) * cell_px)
-        shape = shapely.union_all(boxes).simplify(0)  # exact cell edges; collinear points merged
+        shape = cells_polygon(rows, cols, cell_px)
         for part in shape.geoms if isinstance(shape, MultiPolygon) else [shape]:
             # 8-connected cells touching at a corner make separate polygons: one lesion each
             inside = shapely.contains_xy(part, (cols + 0.5) * cell_px, (rows + 0.5) * cell_px)
@@ -69,50 +73,70 @@ def find_lesions(values: np.ndarray, cell_px: float, threshold: float, mpp: floa
     return sorted(lesions, key=lambda lesion: -lesion.area_px)
 
 
+def cells_polygon(rows: np.ndarray, cols: np.ndarray, cell_px: float):
+    """The exact outline of a set of cells (row-major ``rows, cols``): the union of each
+    row's runs of consecutive cells (far fewer boxes than cells), collinear points merged."""
+    starts = np.flatnonzero(np.r_[True, (np.diff(cols) != 1) | (np.diff(rows) != 0)])
+    stops = np.r_[starts[1:], len(cols)] - 1
+    boxes = shapely.box(cols[starts] * cell_px, rows[starts] * cell_px, (cols[stops] + 1) * cell_px,
+                        (rows[starts] + 1) * cell_px)
+    return shapely.union_all(boxes).simplify(0)
+
+
 def to_geojson(lesions: list[Lesion], slide_id: str) -> dict:
     """A QuPath GeoJSON FeatureCollection: one ``Polygon`` annotation per lesion."""
-    features = []
-    for i, lesion in enumerate(lesions, 1):
-        rings = [lesion.polygon.exterior, *lesion.polygon.interiors]
-        features.append({
-            "type": "Feature",
-            "id": f"{slide_id}-lesion-{i}",
-            "geometry": {"type": "Polygon", "coordinates": [
-                [[round(x, 2), round(y, 2)] for x, y in ring.coords] for ring in rings]},
-            "properties": {
-                "objectType": "annotation",
-                "name": f"lesion {i}",
-                "classification": {"name": TUMOR_CLASS, "color": list(TUMOR_COLOUR)},
-                "measurements": {"tumor_probability": round(lesion.max_prob, 6),
-                                 "mean_probability": round(lesion.mean_prob, 6),
-                                 "area_mm2": None if lesion.area_mm2 is None else round(lesion.area_mm2, 6)},
-            },
-        })
-    return {"type": "FeatureCollection", "features": features}
+    return {"type": "FeatureCollection", "features": [
+        geojson_feature(f"{slide_id}-lesion-{i}", f"lesion {i}", lesion.polygon, TUMOR_CLASS, TUMOR_COLOUR,
+                        measurements={"tumor_probability": round(lesion.max_prob, 6),
+                                      "mean_probability": round(lesion.mean_prob, 6),
+                                      "area_mm2": None if lesion.area_mm2 is None else round(lesion.area_mm2, 6)})
+        for i, lesion in enumerate(lesions, 1)]}
 
 
 def to_asap_xml(lesions: list[Lesion]) -> str:
-    """ASAP XML: each lesion a ``Tumor`` polygon, each hole an ``Exclusion`` polygon; both
-    groups are defined under ``AnnotationGroups`` (ASAP refuses a file naming an undefined one)."""
-    colour = "#{:02X}{:02X}{:02X}".format(*TUMOR_COLOUR)
+    """ASAP XML: each lesion a ``Tumor`` polygon, each hole an ``Exclusion`` polygon."""
+    return asap_xml([(f"lesion {i}", TUMOR_CLASS, lesion.polygon) for i, lesion in enumerate(lesions, 1)])
+
+
+# -- the writers, shared with the viewer's reviews ---------------------------------------------
+
+
+def geojson_feature(feature_id: str, name: str, polygon: Polygon, classification: str,
+                    colour: tuple[int, int, int], **properties: Any) -> dict:
+    """One QuPath ``Polygon`` annotation (holes as interior rings, level-0 px to 0.01 px)
+    with ``properties`` (e.g. ``measurements``) beside its name and classification."""
+    rings = [polygon.exterior, *polygon.interiors]
+    return {
+        "type": "Feature",
+        "id": feature_id,
+        "geometry": {"type": "Polygon", "coordinates": [
+            [[round(x, 2), round(y, 2)] for x, y in ring.coords] for ring in rings]},
+        "properties": {"objectType": "annotation", "name": name,
+                       "classification": {"name": classification, "color": list(colour)}, **properties},
+    }
+
+
+def asap_xml(polygons: Iterable[tuple[str, str, Polygon]], colours: Mapping[str, str] = GROUP_COLOURS) -> str:
+    """ASAP XML of ``(name, group, polygon)``: each outline in its group, each hole an
+    ``Exclusion`` polygon named ``<name> hole <j>``. Every group of ``colours`` (which must
+    hold the ones used, ``Exclusion`` included) is defined under ``AnnotationGroups``: ASAP
+    refuses a file naming an undefined one."""
     parts = ['<?xml version="1.0"?>', "<ASAP_Annotations>", "\t<Annotations>"]
-    for i, lesion in enumerate(lesions, 1):
-        rings = [(TUMOR_CLASS, f"lesion {i}", lesion.polygon.exterior)]
-        rings += [(HOLE_GROUP, f"lesion {i} hole {j}", ring)
-                  for j, ring in enumerate(lesion.polygon.interiors, 1)]
-        for group, name, ring in rings:
-            parts.append(f"\t\t<Annotation Name={quoteattr(name)} Type=\"Polygon\" PartOfGroup="
-                         f"\"{group}\" Color=\"{colour if group == TUMOR_CLASS else '#64FE2E'}\">")
+    for name, group, polygon in polygons:
+        rings = [(group, name, polygon.exterior)]
+        rings += [(HOLE_GROUP, f"{name} hole {j}", ring) for j, ring in enumerate(polygon.interiors, 1)]
+        for ring_group, ring_name, ring in rings:
+            parts.append(f"\t\t<Annotation Name={quoteattr(ring_name)} Type=\"Polygon\" PartOfGroup="
+                         f"{quoteattr(ring_group)} Color=\"{colours[ring_group]}\">")
             parts.append("\t\t\t<Coordinates>")
             parts += [f'\t\t\t\t<Coordinate Order="{k}" X="{x:.2f}" Y="{y:.2f}" />'
                       for k, (x, y) in enumerate(list(ring.coords)[:-1])]
             parts += ["\t\t\t</Coordinates>", "\t\t</Annotation>"]
-    parts += ["\t</Annotations>", "\t<AnnotationGroups>",
-              f'\t\t<Group Name="{TUMOR_CLASS}" PartOfGroup="None" Color="{colour}">',
-              "\t\t\t<Attributes />", "\t\t</Group>",
-              f'\t\t<Group Name="{HOLE_GROUP}" PartOfGroup="None" Color="#64FE2E">',
-              "\t\t\t<Attributes />", "\t\t</Group>",
-              "\t</AnnotationGroups>", "</ASAP_Annotations>"]
+    parts += ["\t</Annotations>", "\t<AnnotationGroups>"]
+    for group, colour in colours.items():
+        parts += [f'\t\t<Group Name={quoteattr(group)} PartOfGroup="None" Color="{colour}">',
+                  "\t\t\t<Attributes />", "\t\t</Group>"]
+    parts += ["\t</AnnotationGroups>", "</ASAP_Annotations>"]
     return "\n".join(parts) + "\n"
 
 
