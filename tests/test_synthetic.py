@@ -383,3 +383,67 @@ def test_generator_defaults_match_the_data_config():
     defaults = inspect.signature(synthetic.generate_dataset).parameters
     for key in ("n_normal", "n_tumor", "size", "mpp", "seed"):
         assert defaults[key].default == generate[key], key
+
+
+# -- metastasis categories (generate_dataset(categories=True)) -------------------------------------
+
+STAGE_SIZE, STAGE_MPP = 5632, 1.25  # 7.04 mm a side: room for a > 2 mm macro-metastasis
+
+
+@pytest.fixture(scope="module")
+def staged(tmp_path_factory) -> tuple[Path, list[Path]]:
+    root = tmp_path_factory.mktemp("staged")
+    paths = synthetic.generate_dataset(root, n_normal=1, n_tumor=3, size=STAGE_SIZE, mpp=STAGE_MPP, seed=0,
+                                       workers=2, categories=True)
+    return root, paths
+
+
+def test_categories_cover_all_four(staged):
+    """The reference category of each slide, from its XML by CAMELYON17's rule: tumor slides
+    cycle macro, micro, ITC; the normal slide is negative."""
+    from vistumor.evaluate.staging import slide_category
+    from vistumor.wsi.annotations import read_annotations
+
+    root, paths = staged
+    found = {}
+    for path in paths:
+        xml = root / "training" / "lesion_annotations" / f"{path.stem}.xml"
+        polygons = read_annotations(xml).polygons if xml.exists() else []
+        found[path.stem] = slide_category(polygons, STAGE_MPP)[0]
+    assert found == {"normal_001": "negative", "tumor_001": "macro", "tumor_002": "micro", "tumor_003": "itc"}
+    record = json.loads((root / synthetic.MANIFEST).read_text())
+    assert record["params"]["categories"] is True
+    assert [s.get("category") for s in record["slides"]] == [None, "macro", "micro", "itc"]
+    roles = [o["role"] for o in record["slides"][1]["outlines"]]
+    assert roles == ["macro", "micro", "itc", "exclusion"]  # the first tumor slide keeps its _2 hole
+
+
+def test_categories_are_recorded_only_when_used(dataset):
+    root, _ = dataset
+    assert "categories" not in json.loads((root / synthetic.MANIFEST).read_text())["params"]
+
+
+def test_categories_need_a_slide_of_several_mm(tmp_path, capsys):
+    with pytest.raises(ConfigError, match=r"at least 7 mm a side .* size=6144 at mpp=0.25 is 1.54 mm"):
+        synthetic.generate_dataset(tmp_path, 1, 1, categories=True)
+    with pytest.raises(SystemExit) as exit_info:  # --categories switches the default mpp to 1.0
+        synthetic.main(["--root", str(tmp_path / "cli"), "--categories", "--size", "1536"])
+    assert exit_info.value.code == 2 and "size=1536 at mpp=1.0 is 1.54 mm" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="normal slides have no lesions"):
+        synthetic.generate_slide(tmp_path / "n.tif", "normal", 512, category="itc")
+    with pytest.raises(ConfigError, match="category must be one of"):
+        synthetic.generate_slide(tmp_path / "t.tif", "tumor", 1024, category="huge")
+
+
+def test_categories_name_camelyon17_patients_in_the_test_layout():
+    from vistumor.evaluate.staging import group_patients
+    from vistumor.synthetic.dataset import _plan
+
+    jobs = _plan(Path("/data"), 3, 4, seed=0, layout="testing", categories=True)
+    names = [job.path.stem for job in jobs]
+    assert names[:6] == [f"patient_000_node_{n}" for n in range(5)] + ["patient_001_node_0"]
+    assert [len(nodes) for nodes in group_patients(names).values()] == [5, 2]
+    by_index = {job.seed[2]: job.category for job in jobs if job.kind == "tumor"}
+    assert by_index == {1: "macro", 2: "micro", 3: "itc", 4: "macro"}
+    assert all(job.category is None for job in jobs if job.kind == "normal")
+    assert [job.path.stem for job in _plan(Path("/data"), 3, 4, seed=0, layout="testing")][0] == "test_001"

@@ -5,6 +5,10 @@ official-format detection CSVs (from this pipeline, NCRF or MONAI), as the offic
     python -m vistumor.evaluate --predictions preds/ --annotations lesion_annotations/ \\
         --reference reference.csv --out outputs/evaluation
 
+With ``--lesions`` (predicted lesion polygons) it also stages the slides the CAMELYON17 way:
+metastasis category per slide, lesion sensitivity per category, and the pN stage and its
+quadratic weighted kappa when slides make patients (``staging.json``, ``staging.png``).
+
 A user error is one line ``error: ...`` on stderr and exit status 2.
 """
 
@@ -19,12 +23,13 @@ from typing import Any
 
 from vistumor.errors import VisTumorError
 from vistumor.evaluate.auc import N_BOOTSTRAP
-from vistumor.evaluate.evaluation import OFFICIAL_EXCLUDE, Evaluation, evaluate
+from vistumor.evaluate.evaluation import FROC, OFFICIAL_EXCLUDE, Evaluation, evaluate, parse_exclude
 from vistumor.evaluate.froc import MODES, OFFICIAL
 from vistumor.evaluate.io import (
     ReferenceSlide,
     annotation_files,
     files_by_slide,
+    lesion_files,
     prediction_files,
     read_detections,
     read_reference,
@@ -32,6 +37,10 @@ from vistumor.evaluate.io import (
 )
 from vistumor.evaluate.masks import ITC_UM, MARGIN_UM, MASK_LEVEL, PIXEL_UM, MaskSource
 from vistumor.evaluate.report import write_report
+from vistumor.evaluate.stage_evaluation import Staging, StagingInput, evaluate_staging
+from vistumor.evaluate.staging import read_patients
+from vistumor.evaluate.staging_report import write_staging_report
+from vistumor.labels import is_tumor
 from vistumor.wsi.slide import Slide
 
 SLIDE_SUFFIXES = (".tif", ".tiff", ".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide")
@@ -67,6 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bootstrap", type=int, default=N_BOOTSTRAP,
                         help="resamples of the 95%% intervals (default %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default %(default)s)")
+    parser.add_argument("--lesions", type=Path,
+                        help="folder of predicted lesion polygons (GeoJSON or ASAP XML, one per slide): adds "
+                             "metastasis categories, lesion sensitivity per category and pN stages (staging.json)")
+    parser.add_argument("--patients", type=Path,
+                        help="CSV slide,patient for the pN stage (default: CAMELYON17 names, patient_004_node_4)")
+    parser.add_argument("--mpp", type=float,
+                        help="level-0 um per pixel for lesion sizes in mm, when --slides is not given or a slide "
+                             "does not record it")
     parser.add_argument("-v", "--verbose", action="store_true", help="log each slide")
     return parser
 
@@ -76,12 +93,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(message)s")
     try:
+        check_staging_args(args)
         evaluation = run(args)
+        staging = run_staging(args) if args.lesions else None
     except VisTumorError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(summary(evaluation, args.out))
+    print(summary(evaluation, args.out, staging))
     return 0
+
+
+def check_staging_args(args: argparse.Namespace) -> None:
+    if args.lesions is None and (args.patients is not None or args.mpp is not None):
+        raise VisTumorError("--patients and --mpp are for staging: give --lesions too")
+    if args.mpp is not None and not args.mpp > 0:
+        raise VisTumorError(f"--mpp must be a positive number of um per pixel, got {args.mpp}")
 
 
 def run(args: argparse.Namespace) -> Evaluation:
@@ -100,6 +126,64 @@ def run(args: argparse.Namespace) -> Evaluation:
                           n_bootstrap=args.bootstrap, seed=args.seed)
     write_report(evaluation, args.out, settings(args))
     return evaluation
+
+
+def run_staging(args: argparse.Namespace) -> Staging:
+    """Stage the reference slides from ``args.lesions`` and the annotations; write
+    ``staging.json`` and ``staging.png`` into ``args.out``."""
+    reference = read_reference(args.reference)
+    known = {slide.slide.lower() for slide in reference}
+    lesions = lesion_files(args.lesions)
+    for key, path in lesions.items():
+        if key not in known:
+            raise VisTumorError(f"no slide of the reference {args.reference} matches this file", path)
+    annotations = annotation_files(args.annotations)
+    left_out = parse_exclude(args.exclude)[FROC]
+    mpp = mpp_of(args.slides, args.mpp)
+    inputs = []
+    for slide in reference:
+        key = slide.slide.lower()
+        annotation = annotations.get(key) if is_tumor(slide.label) else None
+        if key not in left_out:
+            _check_staging_files(slide, annotation, key in lesions, args)
+        inputs.append(StagingInput(slide.slide, None if key in left_out else mpp(slide.slide), annotation,
+                                   lesions.get(key)))
+    patients = read_patients(args.patients) if args.patients else None
+    staging = evaluate_staging(inputs, patients, exclude=args.exclude)
+    write_staging_report(staging, args.out, {
+        "lesions": str(args.lesions), "annotations": str(args.annotations), "reference": str(args.reference),
+        "patients": str(args.patients) if args.patients else None, "mpp": args.mpp, "exclude": list(args.exclude),
+    })
+    return staging
+
+
+def _check_staging_files(slide: ReferenceSlide, annotation: Path | None, has_lesions: bool,
+                         args: argparse.Namespace) -> None:
+    """A tumor slide needs its lesion polygons (not a mask TIFF) and a predicted lesion file."""
+    if not is_tumor(slide.label):
+        return
+    if annotation is None:
+        raise VisTumorError(f"tumor slide '{slide.slide}' has no annotation", args.annotations)
+    if annotation.suffix.lower() in (".tif", ".tiff"):
+        raise VisTumorError("staging measures lesion polygons: give ASAP XML or GeoJSON annotations, "
+                            "not a mask TIFF", annotation)
+    if not has_lesions:
+        raise VisTumorError(f"tumor slide '{slide.slide}' has no predicted lesion file "
+                            f"(expected {slide.slide}.geojson or .xml)", args.lesions)
+
+
+def mpp_of(slides: Path | None, default: float | None) -> Callable[[str], float | None]:
+    """Level-0 µm per pixel by slide name: recorded in the slide file in ``slides``, else ``default``."""
+    files = files_by_slide(slides, SLIDE_SUFFIXES) if slides is not None else {}
+
+    def mpp(slide: str) -> float | None:
+        path = files.get(slide.lower())
+        if path is None:
+            return default
+        with Slide(path, default) as opened:
+            return opened.mpp
+
+    return mpp
 
 
 def dimensions_of(reference: Sequence[ReferenceSlide], slides: Path | None) -> Callable[[str], Any]:
@@ -130,8 +214,8 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def summary(evaluation: Evaluation, out: Path) -> str:
-    """Three lines for the terminal."""
+def summary(evaluation: Evaluation, out: Path, staging: Staging | None = None) -> str:
+    """Three lines for the terminal (four with staging)."""
     froc_low, froc_high = evaluation.froc_ci95
     auc_low, auc_high = evaluation.auc_ci95
     curve = evaluation.curve
@@ -141,5 +225,16 @@ def summary(evaluation: Evaluation, out: Path) -> str:
         f"{curve.n_lesions} lesions, {curve.n_slides} slides); slide AUC {evaluation.auc:.4f} "
         f"[95% CI {auc_low:.4f}, {auc_high:.4f}] ({evaluation.n_slides('auc')} slides)\n"
         f"sensitivity at FPs per slide {rates}\n"
-        f"wrote {out}"
+        + (staging_line(staging) + "\n" if staging is not None else "")
+        + f"wrote {out}"
     )
+
+
+def staging_line(staging: Staging) -> str:
+    """Category accuracy, per-category lesion sensitivity, and the kappa when patients exist."""
+    sens = ", ".join(f"{cat} {v['hit']}/{v['lesions']}" for cat, v in staging.sensitivity.items())
+    line = (f"metastasis categories: accuracy {staging.accuracy:.3f} ({len(staging.slides)} slides); "
+            f"lesions hit {sens}")
+    if staging.patients:
+        line += f"; pN kappa {staging.kappa:.4f} ({len(staging.patients)} patients)"
+    return line

@@ -19,6 +19,9 @@ from vistumor.labels import CLASSES, NORMAL, TUMOR
 #: label spellings of a reference table: ours, 1/0, and the official reference.csv's Tumor/Normal
 LABELS = {**CLASSES, "1": TUMOR, "0": NORMAL}
 ANNOTATION_SUFFIXES = (".xml", ".geojson", ".json", ".tif", ".tiff")
+#: predicted lesion files, in order of preference when a slide has several (infer.py writes both
+#: ``<slide>.geojson`` and ``<slide>.xml``)
+LESION_SUFFIXES = (".geojson", ".json", ".xml")
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,25 @@ def prediction_files(folder: str | Path) -> dict[str, Path]:
 def annotation_files(folder: str | Path) -> dict[str, Path]:
     """ASAP XML, GeoJSON or official mask TIFFs (``test_001.tif`` or ``test_001_mask.tif``)."""
     return files_by_slide(folder, ANNOTATION_SUFFIXES, strip="_mask")
+
+
+def lesion_files(folder: str | Path) -> dict[str, Path]:
+    """Predicted lesion files of ``folder`` (GeoJSON or ASAP XML) by lower-case slide name; of a
+    slide's ``.geojson`` and ``.xml`` the GeoJSON."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise VisTumorError("folder not found", folder)
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        suffix = path.suffix.lower()
+        if not path.is_file() or suffix not in LESION_SUFFIXES:
+            continue
+        key, other = path.stem.lower(), found.get(path.stem.lower())
+        if other is not None and other.suffix.lower() == suffix:
+            raise VisTumorError(f"{other.name} and {path.name} are both slide '{key}'", folder)
+        if other is None or LESION_SUFFIXES.index(suffix) < LESION_SUFFIXES.index(other.suffix.lower()):
+            found[key] = path
+    return found
 
 
 def _rows(path: Path) -> list[list[str]]:

@@ -18,7 +18,8 @@ Modules, in the order the data flows: :mod:`.noise` (noise fields, periodic text
 :mod:`.tissue` (region maps, phenotype), :mod:`.lesions` (outlines, rasterisation),
 :mod:`.nuclei` (sprite banks), :mod:`.cells` (placement), :mod:`.artefacts` (tears, dust),
 :mod:`.stain` (stain vectors, OD render), :mod:`.slide` (one slide), :mod:`.writer`
-(pyramidal TIFF, ASAP XML), :mod:`.dataset` (the training set and its record), :mod:`.cli`.
+(pyramidal TIFF, ASAP XML), :mod:`.dataset` (the training set and its record), :mod:`.cli`;
+:mod:`.stages` sizes lesions in mm for a metastasis category (``categories=True``).
 """
 
 from vistumor.synthetic.cli import main

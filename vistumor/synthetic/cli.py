@@ -12,6 +12,9 @@ from pathlib import Path
 
 from vistumor.errors import VisTumorError
 from vistumor.synthetic.dataset import generate_dataset
+from vistumor.synthetic.stages import MPP, SIZE
+
+DEFAULT_SIZE, DEFAULT_MPP = 6144, 0.25
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -20,16 +23,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, default=Path("data/synthetic"))
     parser.add_argument("--n-normal", type=int, default=6)
     parser.add_argument("--n-tumor", type=int, default=6)
-    parser.add_argument("--size", type=int, default=6144, help="level-0 side in pixels")
-    parser.add_argument("--mpp", type=float, default=0.25, help="level-0 microns per pixel")
+    parser.add_argument("--size", type=int, help=f"level-0 side in pixels (default {DEFAULT_SIZE}; "
+                                                 f"{SIZE} with --categories)")
+    parser.add_argument("--mpp", type=float, help=f"level-0 microns per pixel (default {DEFAULT_MPP}; "
+                                                  f"{MPP} with --categories)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--layout", choices=("training", "testing"), default="training",
                         help="CAMELYON16's training layout, or its test layout with reference.csv")
+    parser.add_argument("--categories", action="store_true",
+                        help="tumor slides whose largest lesion is an ITC, a micro- or a macro-metastasis in turn "
+                             "(lesions sized in mm); the test layout then names CAMELYON17 patients")
     parser.add_argument(
         "--overwrite", action="store_true", help="regenerate even if slides with other parameters are present"
     )
     args = parser.parse_args(argv)
+    if args.size is None:
+        args.size = SIZE if args.categories else DEFAULT_SIZE
+    if args.mpp is None:
+        args.mpp = MPP if args.categories else DEFAULT_MPP
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
         generate_dataset(
@@ -42,6 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.overwrite,
             args.workers,
             args.layout,
+            args.categories,
         )
     except VisTumorError as err:  # a parameter clash or bad argument: say what to do, without a traceback
         parser.exit(2, f"error: {err}\n")

@@ -20,6 +20,7 @@ import numpy as np
 from vistumor.errors import ConfigError
 from vistumor.files import atomic_path
 from vistumor.synthetic.slide import KIND_CODES, check_args, generate_slide
+from vistumor.synthetic.stages import MIN_SIDE_MM, MPP, SIZE, category_of, node_name, side_mm
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ class _Job:
     seed: tuple[int, int, int]
     annotation: Path | None
     with_exclusion: bool
+    category: str | None = None
 
     @property
     def files(self) -> list[Path]:
@@ -49,10 +51,12 @@ LAYOUTS = ("training", "testing")
 _TEST_SEED = 10  # added to the kind code: test slides never repeat a training slide
 
 
-def _plan(root: Path, n_normal: int, n_tumor: int, seed: int, layout: str = "training") -> list[_Job]:
-    """CAMELYON16 layout; each slide's seed is (seed, kind code, index)."""
+def _plan(root: Path, n_normal: int, n_tumor: int, seed: int, layout: str = "training",
+          categories: bool = False) -> list[_Job]:
+    """CAMELYON16 layout; each slide's seed is (seed, kind code, index). With ``categories``,
+    tumor slide ``i`` is drawn for metastasis category :func:`~.stages.category_of` ``(i)``."""
     if layout == "testing":
-        return _plan_testing(root, n_normal, n_tumor, seed)
+        return _plan_testing(root, n_normal, n_tumor, seed, categories)
     jobs = []
     for kind, count in (("normal", n_normal), ("tumor", n_tumor)):
         for index in range(1, count + 1):
@@ -65,21 +69,25 @@ def _plan(root: Path, n_normal: int, n_tumor: int, seed: int, layout: str = "tra
                     (seed, KIND_CODES[kind], index),
                     xml,
                     kind == "tumor" and index == 1,
+                    category_of(index) if categories and kind == "tumor" else None,
                 )
             )
     return jobs
 
 
-def _plan_testing(root: Path, n_normal: int, n_tumor: int, seed: int) -> list[_Job]:
+def _plan_testing(root: Path, n_normal: int, n_tumor: int, seed: int, categories: bool = False) -> list[_Job]:
+    """Test slides ``test_NNN``; with ``categories``, CAMELYON17's patients instead: the shuffled
+    slides, five at a time, are the nodes of a patient (``patient_000_node_0`` ...)."""
     kinds = ["normal"] * n_normal + ["tumor"] * n_tumor
     order = np.random.default_rng(seed).permutation(len(kinds))
     jobs = []
     for number, i in enumerate(order, 1):
-        kind, name = kinds[i], f"test_{number:03d}"
+        kind, name = kinds[i], node_name(number) if categories else f"test_{number:03d}"
         index = int(i + 1 if kinds[i] == "normal" else i - n_normal + 1)
         xml = root / "testing" / "lesion_annotations" / f"{name}.xml" if kind == "tumor" else None
+        category = category_of(index) if categories and kind == "tumor" else None
         jobs.append(_Job(root / "testing" / "images" / f"{name}.tif", kind,
-                         (seed, KIND_CODES[kind] + _TEST_SEED, index), xml, kind == "tumor" and index == 1))
+                         (seed, KIND_CODES[kind] + _TEST_SEED, index), xml, kind == "tumor" and index == 1, category))
     return jobs
 
 
@@ -94,7 +102,8 @@ def write_reference(root: Path, jobs: list[_Job]) -> Path:
 
 def _run_job(job: _Job, size: int, mpp: float) -> dict:
     log.info("rendering %s", job.path.name)
-    return generate_slide(job.path, job.kind, size, mpp, job.seed, job.annotation, job.with_exclusion)
+    return generate_slide(job.path, job.kind, size, mpp, job.seed, job.annotation, job.with_exclusion,
+                          job.category)
 
 
 def _run_job_in_worker(job: _Job, size: int, mpp: float) -> dict:
@@ -198,12 +207,17 @@ def _clash_message(changed: dict) -> str:
 # -- the dataset ----------------------------------------------------------------------------
 
 
-def _check_request(root: Path, n_normal: int, n_tumor: int, size: int, mpp: float) -> None:
+def _check_request(root: Path, n_normal: int, n_tumor: int, size: int, mpp: float, categories: bool = False) -> None:
     if n_normal < 0 or n_tumor < 0 or n_normal + n_tumor == 0:
         raise ConfigError(f"need some slides, got n_normal={n_normal}, n_tumor={n_tumor}", root)
     for kind, count in (("normal", n_normal), ("tumor", n_tumor)):
         if count:
             check_args(root, kind, size, mpp)
+    if categories and n_tumor and side_mm(size, mpp) < MIN_SIDE_MM:
+        raise ConfigError(
+            f"categories need slides of at least {MIN_SIDE_MM:g} mm a side for a > 2 mm macro-metastasis; "
+            f"size={size} at mpp={mpp} is {side_mm(size, mpp):.3g} mm: e.g. size={SIZE} mpp={MPP}", root
+        )
 
 
 def generate_dataset(
@@ -216,6 +230,7 @@ def generate_dataset(
     overwrite: bool = False,
     workers: int = 1,
     layout: str = "training",
+    categories: bool = False,
 ) -> list[Path]:
     """Write a synthetic CAMELYON16-like training set under ``root``; return the slide paths.
 
@@ -230,13 +245,18 @@ def generate_dataset(
     ``layout="testing"`` writes the CAMELYON16 test layout instead (``testing/images/test_NNN.tif``,
     kinds shuffled, ``testing/reference.csv``), with seeds no training slide uses.
 
+    ``categories=True`` draws each tumor slide for a metastasis category, cycling macro,
+    micro, ITC, with lesions sized in mm (:mod:`.stages`; slides of at least 7 mm a side, e.g.
+    8192 px at 1.0 µm/px); in the test layout the slides are then CAMELYON17's patients, five
+    nodes each (``patient_000_node_0.tif`` ...). It is recorded in the parameters only when used.
+
     Raises:
         ConfigError: impossible arguments; or, unless ``overwrite``, a root holding slides
             of other parameters or another generator version, slides without a record,
             or an unreadable record.
     """
     root = Path(root)
-    _check_request(root, n_normal, n_tumor, size, mpp)
+    _check_request(root, n_normal, n_tumor, size, mpp, categories)
     if layout not in LAYOUTS:
         raise ConfigError(f"layout must be one of {LAYOUTS}, got {layout!r}", root)
     params = {
@@ -247,8 +267,9 @@ def generate_dataset(
         "mpp": mpp,
         "seed": seed,
         **({"layout": layout} if layout != "training" else {}),  # (training records stay as they were)
+        **({"categories": True} if categories else {}),  # (as do records without categories)
     }
-    jobs = _plan(root, n_normal, n_tumor, seed, layout)
+    jobs = _plan(root, n_normal, n_tumor, seed, layout, categories)
     old = _read_manifest(root / MANIFEST)
     _check_root(root, params, old, jobs, overwrite)
     for job in jobs:

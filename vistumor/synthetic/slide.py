@@ -12,6 +12,7 @@ from vistumor.files import atomic_path
 from vistumor.synthetic.artefacts import add_debris
 from vistumor.synthetic.cells import populate
 from vistumor.synthetic.lesions import place_lesions, rasterise
+from vistumor.synthetic.stages import CYCLE, place_category_lesions
 from vistumor.synthetic.stain import Stain, compose
 from vistumor.synthetic.tissue import Style, region_maps
 from vistumor.synthetic.writer import asap_xml, write_tiff
@@ -39,6 +40,7 @@ def generate_slide(
     seed: int | Sequence[int] = 0,
     annotation_path: str | Path | None = None,
     with_exclusion: bool = False,
+    category: str | None = None,
 ) -> dict:
     """Render one synthetic slide (and its ASAP XML for a tumor slide).
 
@@ -51,23 +53,34 @@ def generate_slide(
             and on the other arguments.
         annotation_path: where to write the lesion XML (tumor slides only).
         with_exclusion: add a ``_2`` exclusion polygon inside the largest lesion.
+        category: a tumor slide's metastasis category, ``itc``, ``micro`` or ``macro``: lesions
+            sized in mm so that the largest falls in it (:mod:`.stages`); None (default): sized
+            as fractions of the slide side.
 
     Returns:
         Metadata: level sizes, tissue fraction, tumor area and every outline with its
-        group, role (large / medium / micro / exclusion), bbox and level-0 coordinates.
+        group, role (large / medium / micro / exclusion; with a category: itc / micro /
+        macro / exclusion), bbox and level-0 coordinates; and the category when given.
 
     Raises:
-        ConfigError: an unknown kind, a slide too small for its kind, or lesion files
-            asked of a normal slide.
+        ConfigError: an unknown kind or category, a slide too small for its kind, or lesion
+            files or a category asked of a normal slide.
     """
     check_args(path, kind, size, mpp)
-    if kind == "normal" and (annotation_path is not None or with_exclusion):
-        raise ConfigError("normal slides have no lesions, hence no annotation or exclusion", path)
+    if kind == "normal" and (annotation_path is not None or with_exclusion or category is not None):
+        raise ConfigError("normal slides have no lesions, hence no annotation, exclusion or category", path)
+    if category is not None and category not in CYCLE:
+        raise ConfigError(f"category must be one of {list(CYCLE)}, got {category!r}", path)
     rng = np.random.default_rng(seed)  # every draw below comes from it, in this order
     zoom = _REF_MPP / mpp
     stain, style = Stain.sample(rng), Style.sample(rng)
     maps = region_maps(rng, size, zoom, style)
-    outlines = place_lesions(rng, maps.signed_dist, size, zoom, with_exclusion) if kind == "tumor" else []
+    if kind == "normal":
+        outlines = []
+    elif category is None:
+        outlines = place_lesions(rng, maps.signed_dist, size, zoom, with_exclusion)
+    else:
+        outlines = place_category_lesions(rng, maps.signed_dist, size, mpp, category, with_exclusion)
     labels = rasterise(outlines, size)
     canvas = populate(rng, maps, labels, outlines, zoom, style)
     image, tissue_fraction = compose(rng, maps, labels, canvas, stain, style, zoom)
@@ -85,4 +98,5 @@ def generate_slide(
         "tissue_fraction": round(tissue_fraction, 4),
         "tumor_area_px": int(np.count_nonzero(labels)),
         "outlines": [o.to_dict() for o in outlines],
+        **({"category": category} if category is not None else {}),
     }

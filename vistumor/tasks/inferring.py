@@ -58,11 +58,12 @@ def infer(cfg: DictConfig) -> dict[str, Any]:
     models = load_models(checkpoint_paths(cfg), inference_device(cfg.device), out, params)
     items = slide_inputs(cfg, models)
     mode = cfg.evaluate.mode if cfg.evaluate.enabled else None
-    return run_models(models, items, params, out, run, mode)
+    return run_models(models, items, params, out, run, mode, cfg.evaluate.get("patients"))
 
 
 def run_models(models: list[ModelRun], items: list[inputs.SlideInput], params: InferParams, out: Path,
-               run: RunSettings = RunSettings(), evaluate_mode: str | None = "official") -> dict[str, Any]:
+               run: RunSettings = RunSettings(), evaluate_mode: str | None = "official",
+               patients: str | None = None) -> dict[str, Any]:
     """The slides of this shard through every model, then (unsharded) the tables and the
     evaluation; also what training runs on its test slides after testing."""
     mine = shard(items, run.shard_index, run.num_shards)
@@ -76,7 +77,7 @@ def run_models(models: list[ModelRun], items: list[inputs.SlideInput], params: I
     if run.stage == "merge" or (run.stage == "all" and run.num_shards == 1):
         summary["tables"] = {k: str(v) for k, v in merge(items, models, out, records).items()}
         if evaluate_mode:
-            summary["evaluation"] = evaluate_run(items, models, out, evaluate_mode)
+            summary["evaluation"] = evaluate_run(items, models, out, evaluate_mode, patients=patients)
     log.info("whole-slide outputs in %s", out)
     return summary
 

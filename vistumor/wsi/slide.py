@@ -214,10 +214,10 @@ class Slide:
 
 
 def _block_mean(image: np.ndarray, factor: int) -> np.ndarray:
-    """Average ``factor x factor`` blocks (exact area downsampling by an integer)."""
+    """Average ``factor x factor`` blocks (exact area downsampling by an integer, halves
+    rounded up): OpenCV's area filter takes this integer path, ~100x numpy's mean."""
     if factor == 1:
         return image
     h, w = image.shape[0] // factor, image.shape[1] // factor
-    blocks = image[: h * factor, : w * factor].reshape(h, factor, w, factor, -1)
-    return blocks.mean(axis=(1, 3)).round().astype(np.uint8)
+    return cv2.resize(image[: h * factor, : w * factor], (w, h), interpolation=cv2.INTER_AREA)
 
