@@ -80,8 +80,8 @@ def overlay(thumbnail: np.ndarray, thumb_downsample: float, values: np.ndarray, 
     hh, ww = min(h, big.shape[0]), min(w, big.shape[1])
     layer[:hh, :ww] = big[:hh, :ww]
     level = np.clip(layer / vmax, 0, 1)
-    colours = colormaps[cmap](level)[..., :3] * 255
-    shown = ((layer >= 0) * (0.15 + (alpha - 0.15) * level))[..., None]  # low values stay see-through
+    colours = (colormaps[cmap](level, bytes=True)[..., :3]).astype(np.float32)
+    shown = ((layer >= 0) * (0.15 + (alpha - 0.15) * level)).astype(np.float32)[..., None]  # low: see-through
     return (thumbnail * (1 - shown) + colours * shown).astype(np.uint8)
 
 

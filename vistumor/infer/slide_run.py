@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from vistumor.infer.detections import nms_points, slide_score, write_detections
@@ -124,6 +125,20 @@ def lesion_source(item: SlideInput, grid: SlideGrid, m: ModelRun, values: np.nda
     return "mask", reduced, cell_px
 
 
+FIGURE_EDGE = 1024  # px: figures show the slide at most this large (a panel is ~350 px wide)
+
+
+def figure_thumbnail(grid: SlideGrid) -> tuple[np.ndarray, float]:
+    """The tissue-mask thumbnail reduced for figures, and its level-0 px per pixel: figures
+    of a 100,000 px slide then cost megabytes, not the gigabyte of float overlays at 3,125 px."""
+    image, ds = grid.thumbnail, grid.thumb_downsample
+    factor = max(1, int(np.ceil(max(image.shape[:2]) / FIGURE_EDGE)))
+    if factor == 1:
+        return image, ds
+    h, w = image.shape[0] // factor, image.shape[1] // factor
+    return cv2.resize(image[: h * factor, : w * factor], (w, h), interpolation=cv2.INTER_AREA), ds * factor
+
+
 def write_outputs(item: SlideInput, grid: SlideGrid, m: ModelRun, pmap: ProbabilityMap,
                   canvas: CamCanvas | None, params: InferParams, annotation: TumorAnnotation | None) -> dict:
     """Heatmap (npy, json, png), stitched CAM, lesions (GeoJSON, XML), detections, figure."""
@@ -132,7 +147,8 @@ def write_outputs(item: SlideInput, grid: SlideGrid, m: ModelRun, pmap: Probabil
             "input_size": m.input_size, "stride": params.grid.stride, **geometry(grid)}
     meaning = "tumor probability: mean of the patches covering the cell; NaN: no tissue patch"
     save_map(m.path("heatmaps", item.slide_id, ".npy"), values, {**base, "value": meaning})
-    heatmap_figure(m.path("heatmaps", item.slide_id, ".png"), grid.thumbnail, grid.thumb_downsample, values,
+    picture, picture_ds = figure_thumbnail(grid)
+    heatmap_figure(m.path("heatmaps", item.slide_id, ".png"), picture, picture_ds, values,
                    grid.stride0, f"{item.slide_id}: {m.name}")
     cam, cam_px, scale = None, 1.0, 0.0
     if canvas is not None:
@@ -141,7 +157,7 @@ def write_outputs(item: SlideInput, grid: SlideGrid, m: ModelRun, pmap: Probabil
         finally:
             canvas.close()
         scale = meta["scale"]
-        cam, cam_px = thumbnail_of(m.path("cams", item.slide_id, ".npy"), grid.thumbnail.shape[:2])
+        cam, cam_px = thumbnail_of(m.path("cams", item.slide_id, ".npy"), picture.shape[:2])
     source, lesion_map, lesion_px = lesion_source(item, grid, m, values, canvas, params)
     lesions = find_lesions(lesion_map, lesion_px, params.lesions.threshold, grid.mpp, params.lesions.min_cells)
     write_lesions(m.folder / "lesions", item.slide_id, lesions)
@@ -149,7 +165,7 @@ def write_outputs(item: SlideInput, grid: SlideGrid, m: ModelRun, pmap: Probabil
     radius = d.radius_um / grid.mpp if grid.mpp else d.radius_px
     points = nms_points(lesion_map, lesion_px, radius, d.min_prob)
     write_detections(m.path("detections", item.slide_id, ".csv"), points)
-    summary_figure(m.path("figures", item.slide_id, ".png"), grid.thumbnail, grid.thumb_downsample, values,
+    summary_figure(m.path("figures", item.slide_id, ".png"), picture, picture_ds, values,
                    grid.stride0, cam, cam_px, scale, annotation, lesions, f"{item.slide_id}: {m.name}")
     return {"score": slide_score(values, params.score.method, params.score.k), "lesions": len(lesions),
             "detections": len(points), "cam_scale": scale, "map": canvas is not None, "lesion_source": source,
