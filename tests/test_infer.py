@@ -188,3 +188,19 @@ def test_fast_nms_and_cell_outlines_equal_their_definitions(seed):
     from vistumor.infer.lesions import cells_polygon
 
     assert cells_polygon(rows, cols, 7).symmetric_difference(boxes).area < 1e-9
+
+
+def test_slides_of_another_scale_are_read_at_the_trained_scale(tiny_tiff):
+    from vistumor.infer.geometry import plan_grid, trained_scale
+    from vistumor.tiling.params import GridParams
+
+    tiling = {"grid": {"patch_size": 64, "stride": None, "level": 0, "target_mpp": None, "min_tissue_fraction": 0.6},
+              "tissue": {"downsample": 8}}
+    path = tiny_tiff("half.tif", tissue_image(), mpp=0.5, levels=3)
+    with Slide(path) as slide:
+        assert trained_scale(slide, GridParams(64), 0.52).target_mpp is None  # within 10 %: as trained
+        assert trained_scale(slide, GridParams(64), None).target_mpp is None  # unknown: the level
+        assert trained_scale(slide, GridParams(64), 1.0).target_mpp == 1.0
+        grid = plan_grid(slide, {**tiling, "trained_mpp": 1.0}, input_size=32)
+        assert grid.size0 == 128 and grid.stride0 == 64  # 64 px at 1.0 um/px = 128 level-0 px at 0.5
+        assert plan_grid(slide, {**tiling, "trained_mpp": 0.5}, input_size=32).size0 == 64

@@ -48,6 +48,7 @@ def test_infer_on_the_checkpoints_test_slides(trained, tmp_path):
         assert np.load(folder / "heatmaps" / f"{slide}.npy").shape == tuple(sidecar["shape"]) == (16, 24)
     run = json.loads((tmp_path / "run.json").read_text())
     assert run["models"][0]["tiling"]["grid"]["patch_size"] == 64  # the scale the model was trained at
+    assert run["models"][0]["tiling"]["trained_mpp"] == pytest.approx(0.5)  # its training slides' um/px
     assert infer(infer_cfg(trained, tmp_path))["skipped"] == 2  # resume: nothing redone
 
 

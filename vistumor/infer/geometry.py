@@ -9,9 +9,10 @@ only the reading level changes, never where a patch is.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,8 @@ from vistumor.tiling.params import GridParams
 from vistumor.tiling.slide_grid import grid_spec
 from vistumor.tiling.tissue import TissueParams, tissue_mask
 from vistumor.wsi.slide import Slide
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -79,7 +82,8 @@ def plan_grid(
         min_tissue_fraction: keep patches with this much tissue; None = as in training.
         read_level: ``auto`` (coarsest level at least as fine as the input) or a level.
     """
-    grid = build(GridParams, {**tiling["grid"], "stride": None}, "checkpoint tiling.grid")
+    grid = trained_scale(slide, build(GridParams, {**tiling["grid"], "stride": None}, "checkpoint tiling.grid"),
+                         tiling.get("trained_mpp"))
     tissue_params = build(TissueParams, tiling["tissue"], "checkpoint tiling.tissue")
     spec = grid_spec(slide, grid)
     stride0 = (stride if stride else grid.patch_size / 2) * spec.size0 / grid.patch_size
@@ -98,6 +102,20 @@ def plan_grid(
         read_level=level, read_downsample=downsample, read_size=int(round(spec.size0 / downsample)),
         mpp=slide.mpp, thumbnail=thumb, thumb_downsample=thumb_ds, tissue=tissue,
     )
+
+
+def trained_scale(slide: Slide, grid: GridParams, trained_mpp: float | None) -> GridParams:
+    """A checkpoint tiled at level 0 read slides of ``trained_mpp`` µm/px; a slide of another
+    scale is read at that µm/px instead (a 40x scanner's 512 px are not a 20x scanner's), so
+    the model sees the scale it was trained on. Slides without µm/px keep the level."""
+    mpp = slide.mpp
+    if grid.target_mpp is not None or grid.level != 0 or not trained_mpp or not mpp:
+        return grid
+    if abs(mpp / trained_mpp - 1) <= 0.1:
+        return grid
+    log.info("%s: %.3f um/px, the model was trained at %.3f: reading patches at %.3f um/px",
+             slide.path.name, mpp, trained_mpp, trained_mpp)
+    return replace(grid, target_mpp=float(trained_mpp))
 
 
 def reading_level(slide: Slide, size0: float, input_size: int) -> int:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import pandas as pd
 import torch
 from hydra.errors import InstantiationException
@@ -88,8 +89,23 @@ def build_model(cfg: DictConfig) -> PatchClassifier:
     that manifest's tiling (patch size, level or µm/px, tissue mask), so later stages see
     patches at the scale the model was trained on."""
     manifest_path = manifest_path_of(cfg)
-    tiling = tiling_task.spec(cfg)["tiling"] if manifest_path else None
+    tiling = None
+    if manifest_path:
+        spec = tiling_task.spec(cfg)
+        ensure_manifest(cfg, manifest_path, spec)
+        tiling = {**spec["tiling"], "trained_mpp": trained_mpp(manifest_path)}
     return instantiate_node(cfg.model, manifest_path=manifest_path, tiling=tiling, _convert_="all")
+
+
+def trained_mpp(manifest_path: str | Path) -> float | None:
+    """The µm per level-0 px of the manifest's training slides (their median; None when
+    unknown): whole-slide inference reads other scanners' slides at this scale."""
+    path = Path(manifest_path)
+    if not path.is_file():
+        return None
+    slides = manifest.load_manifest(path).meta.get("slides", {}).values()
+    values = [s["mpp"] for s in slides if s.get("mpp") and "train" in str(s.get("split") or "")]
+    return float(np.median(values)) if values else None
 
 
 def manifest_path_of(cfg: DictConfig) -> str | None:

@@ -85,7 +85,7 @@ def merge(
         s["slide_id"]: {
             "path": s["path"], "checksum": s.get("checksum"), "kind": s["kind"],
             "annotation": s.get("annotation", ""), "annotation_checksum": s.get("annotation_checksum"),
-            "split": _split_of(table, s["slide_id"]),
+            "split": _split_of(table, s["slide_id"]), "mpp": s.get("mpp"),
         }
         for s in ok
     }

@@ -6,6 +6,13 @@ ends the request with 404 before any lookup. Names are then looked up in the run
 joined onto a path), static files in a table built at start-up. Unknown names, levels and
 tiles are 404; any other failure is logged here with its traceback and answered with a
 bare 500.
+
+The one write is a review (``POST /api/review/<model>/<slide>``, :mod:`.review`): JSON
+only (a cross-site form cannot send it without a preflight this server never answers), from
+a page of this server (``Origin``) reached by a loopback name (``Host``: no DNS rebinding),
+at most :data:`~vistumor.viewer.review.MAX_BYTES` by its ``Content-Length``, which is
+checked before the body is read. A refused save is 400 (403 for another origin) with one
+line, and closes the connection (its body may be unread).
 """
 
 from __future__ import annotations
@@ -19,12 +26,13 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
-from urllib.parse import unquote
+from typing import Any, BinaryIO
+from urllib.parse import unquote, urlsplit
 
 from vistumor.errors import VisTumorError
 from vistumor.viewer import pages
 from vistumor.viewer.layers import HeatTiles
+from vistumor.viewer.review import MAX_BYTES, ReviewError, ReviewStore
 from vistumor.viewer.run import NotFound, RunFolder, safe_name
 from vistumor.viewer.tiles import ByteLRU, DziGeometry, SlideTiles
 
@@ -39,6 +47,11 @@ SECURITY_HEADERS = {
                                "style-src 'self' 'unsafe-inline'; object-src 'none'; frame-ancestors 'none'",
 }
 TILE_CACHE = "private, max-age=600"
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+class Refused(PermissionError):
+    """A write from another origin (HTTP 403)."""
 
 
 @dataclass
@@ -51,6 +64,12 @@ class Response:
 
 def not_found(reason: str = "not found") -> Response:
     return Response(HTTPStatus.NOT_FOUND, f"404 {reason}\n".encode())
+
+
+def refused(status: int, reason: str) -> Response:
+    """A refused write: one line, and the connection closed (the body may be unread)."""
+    line = " ".join(reason.split())
+    return Response(status, f"{status} {line}\n".encode(), headers={"Connection": "close"})
 
 
 def segments(target: str) -> list[str]:
@@ -87,29 +106,51 @@ class ViewerApp:
         self.run = run if isinstance(run, RunFolder) else RunFolder(run)
         self.cache = ByteLRU(cache_mb << 20)
         self.heat = HeatTiles(self.run, self.cache)
+        self.reviews = ReviewStore(self.run)
+        #: reviews only from pages reached by a loopback name (False when served on another interface)
+        self.loopback_only = True
         self.static = static_files()
         self._slides: dict[str, SlideTiles] = {}
         self.routes: list[tuple[tuple[str, ...], Callable[..., Response]]] = [
             ((), self.index), (("view", "*"), self.view), (("api", "run"), self.api_run),
             (("api", "slide", "*"), self.api_slide), (("api", "lesions", "*", "*"), self.api_lesions),
-            (("api", "truth", "*"), self.api_truth), (("slide", "*"), self.slide_dzi),
+            (("api", "truth", "*"), self.api_truth), (("api", "review", "*", "*"), self.api_review),
+            (("slide", "*"), self.slide_dzi),
             (("slide", "*", "*", "*"), self.slide_tile), (("heat", "*", "*", "*"), self.heat_dzi),
             (("heat", "*", "*", "*", "*", "*"), self.heat_tile), (("thumb", "*"), self.thumbnail),
             (("figure", "*", "*"), self.figure),
         ]
 
     def handle(self, target: str) -> Response:
+        """Answer a GET."""
+        return self._guarded(target, lambda: self._route(target))
+
+    def post(self, target: str, headers: Any, body: BinaryIO) -> Response:
+        """Answer a POST (a review) with ``headers`` (``.get(name)``) and ``body`` to read from."""
+        response = self._guarded(target, lambda: self._save_review(target, headers, body))
+        if response.status >= 400:
+            response.headers["Connection"] = "close"
+        return response
+
+    def _route(self, target: str) -> Response:
+        parts = segments(target)
+        if parts and parts[0] == "static":
+            return self.static_file("/".join(parts[1:]))
+        for pattern, handler in self.routes:
+            if len(pattern) == len(parts) and all(p in ("*", s) for p, s in zip(pattern, parts, strict=True)):
+                args = [s for p, s in zip(pattern, parts, strict=True) if p == "*"]
+                return handler(*args)
+        return not_found()
+
+    def _guarded(self, target: str, answer: Callable[[], Response]) -> Response:
         try:
-            parts = segments(target)
-            if parts and parts[0] == "static":
-                return self.static_file("/".join(parts[1:]))
-            for pattern, handler in self.routes:
-                if len(pattern) == len(parts) and all(p in ("*", s) for p, s in zip(pattern, parts, strict=True)):
-                    args = [s for p, s in zip(pattern, parts, strict=True) if p == "*"]
-                    return handler(*args)
-            return not_found()
+            return answer()
         except (NotFound, UnicodeDecodeError) as err:
             return not_found(str(err) if isinstance(err, NotFound) else "bad encoding")
+        except ReviewError as err:
+            return refused(HTTPStatus.BAD_REQUEST, str(err))
+        except Refused as err:
+            return refused(HTTPStatus.FORBIDDEN, str(err))
         except VisTumorError as err:  # a slide or annotation that cannot be read: said, not traced
             log.warning("%s: %s", target, err)
             return not_found("cannot be read")
@@ -147,6 +188,27 @@ class ViewerApp:
 
     def api_truth(self, name: str) -> Response:
         return _json({"slide": self.run.slide(name).name, "rings": self.run.truth(name)})
+
+    def api_review(self, model: str, name: str) -> Response:
+        return _json(self.reviews.load(model, name))
+
+    def _save_review(self, target: str, headers: Any, body: BinaryIO) -> Response:
+        """``POST /api/review/<model>/<slide>``: the request is checked before its body is read."""
+        parts = segments(target)
+        if len(parts) != 4 or parts[:2] != ["api", "review"]:
+            raise NotFound("nothing to post here")
+        model, name = parts[2:]
+        self.reviews.paths(model, name)  # known model and slide, or 404
+        same_origin(headers, self.loopback_only)
+        kind = (headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        if kind != "application/json":
+            raise ReviewError(f"a review is sent as application/json, not {kind or 'nothing'!r}")
+        length = content_length(headers, MAX_BYTES)
+        data = body.read(length)
+        if len(data) != length:
+            raise ReviewError("the body is shorter than its Content-Length")
+        slide = self.tiles(name).slide
+        return _json(self.reviews.save(model, name, data, slide.dimensions, slide.mpp))
 
     # -- tiles -----------------------------------------------------------------------------
 
@@ -189,6 +251,34 @@ class ViewerApp:
         return Response(HTTPStatus.OK, path.read_bytes(), "image/png")
 
 
+def content_length(headers: Any, limit: int) -> int:
+    """The request's ``Content-Length``, at most ``limit`` (so the body can be read whole)."""
+    if headers.get("Transfer-Encoding"):
+        raise ReviewError("chunked bodies are not accepted; send a Content-Length")
+    text = (headers.get("Content-Length") or "").strip()
+    if not (text.isascii() and text.isdigit() and len(text) < 19):
+        raise ReviewError("a Content-Length is required" if not text else f"bad Content-Length {text[:20]!r}")
+    length = int(text)
+    if length > limit:
+        raise ReviewError(f"the review is {length} bytes; the limit is {limit}")
+    return length
+
+
+def same_origin(headers: Any, loopback_only: bool) -> None:
+    """:class:`Refused` unless the request comes from a page of this server (``Origin`` equal
+    to ``Host`` when sent) reached by a loopback name (when serving on loopback)."""
+    host = headers.get("Host") or ""
+    origin = headers.get("Origin")
+    if origin is not None and origin != f"http://{host}":
+        raise Refused(f"a review is saved from this server's own page, not from {origin[:80]!r}")
+    try:
+        hostname = urlsplit(f"http://{host}").hostname
+    except ValueError:
+        hostname = None
+    if loopback_only and hostname not in LOOPBACK:
+        raise Refused(f"host {host[:80]!r} is not this machine's loopback address")
+
+
 def _stem(file: str, suffix: str) -> str:
     if not file.endswith(suffix) or len(file) == len(suffix):
         raise NotFound(f"{file!r} does not end with {suffix}")
@@ -223,7 +313,7 @@ def _plain(value: Any) -> Any:
 
 
 class Handler(BaseHTTPRequestHandler):
-    """GET and HEAD through the server's :class:`ViewerApp`; keep-alive (HTTP/1.1)."""
+    """GET, HEAD and POST through the server's :class:`ViewerApp`; keep-alive (HTTP/1.1)."""
 
     protocol_version = "HTTP/1.1"
     server_version = "vistumor-viewer"
@@ -238,8 +328,13 @@ class Handler(BaseHTTPRequestHandler):
     def do_HEAD(self) -> None:  # noqa: N802
         self._answer(send_body=False)
 
+    def do_POST(self) -> None:  # noqa: N802
+        self._send(self.server.app.post(self.path, self.headers, self.rfile), send_body=True)  # type: ignore[attr-defined]
+
     def _answer(self, send_body: bool) -> None:
-        response = self.server.app.handle(self.path)  # type: ignore[attr-defined]
+        self._send(self.server.app.handle(self.path), send_body)  # type: ignore[attr-defined]
+
+    def _send(self, response: Response, send_body: bool) -> None:
         self.send_response(response.status)
         for key, value in {**SECURITY_HEADERS, **response.headers}.items():
             self.send_header(key, value)
@@ -260,6 +355,7 @@ class ViewerServer(ThreadingHTTPServer):
 
     def __init__(self, app: ViewerApp, host: str = "127.0.0.1", port: int = 0):
         self.app = app
+        app.loopback_only = host in LOOPBACK
         super().__init__((host, port), Handler)
 
     @property

@@ -1,4 +1,5 @@
-/* VisTumor outline overlay: ground truth and predicted lesions as SVG paths in level-0 px.
+/* VisTumor outline overlay: ground truth, predicted lesions (with their review status),
+ * drawn lesions and the polygon being drawn, as SVG paths in level-0 px.
  *
  * One <svg> covers the viewer; its <g> carries the matrix from level-0 px to viewer-element
  * px, computed with OpenSeadragon's own TiledImage.imageToViewerElementCoordinates and set
@@ -8,7 +9,7 @@
 window.VistumorOutlines = (function () {
   "use strict";
   const SVG_NS = "http://www.w3.org/2000/svg";
-  const GROUPS = ["truth", "lesions"];
+  const GROUPS = ["truth", "lesions", "drawn", "draft"];
 
   function svgNode(tag, attrs) {
     const node = document.createElementNS(SVG_NS, tag);
@@ -16,8 +17,8 @@ window.VistumorOutlines = (function () {
     return node;
   }
 
-  function pathData(rings) {
-    return rings.map((ring) => "M" + ring.map((p) => p[0] + " " + p[1]).join("L") + "Z").join("");
+  function pathData(rings, open) {
+    return rings.map((ring) => "M" + ring.map((p) => p[0] + " " + p[1]).join("L") + (open ? "" : "Z")).join("");
   }
 
   /* even-odd rule over every ring, as the SVG fill */
@@ -76,6 +77,30 @@ window.VistumorOutlines = (function () {
 
     shown(name) {
       return this.groups[name].style.display !== "none";
+    }
+
+    /* statuses[i]: the review status of lesion i (confirmed, rejected, unreviewed) */
+    mark(statuses) {
+      this.groups.lesions.querySelectorAll("path").forEach((p, i) => {
+        p.classList.toggle("confirmed", statuses[i] === "confirmed");
+        p.classList.toggle("rejected", statuses[i] === "rejected");
+      });
+    }
+
+    /* polygons: [[[x, y], ...], ...] drawn by the reviewer */
+    drawn(polygons) {
+      this.groups.drawn.replaceChildren(...polygons.map((points, i) =>
+        svgNode("path", { d: pathData([points]), class: "vt-drawn", "data-index": i })));
+    }
+
+    /* the polygon being drawn: its vertices so far and a line to the cursor (or nothing) */
+    draft(points, cursor) {
+      this.groups.draft.replaceChildren();
+      if (!points.length) return;
+      const line = cursor ? points.concat([cursor]) : points;
+      this.groups.draft.append(
+        svgNode("path", { d: pathData([line], true), class: "vt-draft" }),
+        svgNode("path", { d: points.map((p) => "M" + p[0] + " " + p[1] + "l0 0").join(""), class: "vt-vertices" }));
     }
 
     select(index) {

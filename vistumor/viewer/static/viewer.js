@@ -1,8 +1,9 @@
 /* VisTumor slide view: OpenSeadragon with the slide (item 0), the heatmap layers (tiled images
  * with the slide's Deep Zoom geometry) and an SVG overlay of outlines in level-0 px.
  *
- * The outlines are drawn by outlines.js. The chosen model, layers and opacities live in the
- * URL hash: a reload shows the same view. Text from the run is set with textContent only.
+ * The outlines are drawn by outlines.js, the review (confirm / reject lesions, draw missed
+ * ones, save) is review.js. The chosen model, layers and opacities live in the URL hash: a
+ * reload shows the same view. Text from the run is set with textContent only.
  */
 (function () {
   "use strict";
@@ -80,6 +81,7 @@
     viewer.addHandler("open", () => {
       app.slide = viewer.world.getItemAt(0);
       app.outlines = new window.VistumorOutlines(viewer, app.slide);
+      app.review = new window.VistumorReview(app, slideName, { say: say, select: select, goTo: goTo });
       loadModel();
     });
     viewer.addHandler("open-failed", (e) => say("cannot open the slide: " + e.message));
@@ -118,11 +120,14 @@
   function loadOutlines(generation) {
     app.truthRequest = app.truthRequest || getJSON("/api/truth/" + enc(slideName));
     const lesions = getJSON("/api/lesions/" + enc(state.model) + "/" + enc(slideName));
-    Promise.all([app.truthRequest, lesions]).then(([truth, predicted]) => {
+    const model = state.model;
+    app.review.stopDrawing();
+    Promise.all([app.truthRequest, lesions, app.review.fetch(model)]).then(([truth, predicted]) => {
       if (generation !== app.generation) return;
       app.truth = truth.rings;
       app.lesions = predicted.lesions;
       app.outlines.draw(app.truth, app.lesions);
+      app.review.show(model, app.lesions);
       select(-1);
       showOutlines();
       app.ready = true;
@@ -155,14 +160,16 @@
 
   function select(index) {
     app.outlines.select(index);
+    app.selected = index;
     const box = $("lesion");
     const lesion = app.lesions[index];
     box.classList.toggle("muted", !lesion);
     if (!lesion) { box.textContent = "click a predicted lesion"; return; }
     const dl = el("dl");
     facts(dl, [["lesion", String(lesion.id)], ["tumor probability", fmt(lesion.tumor_probability)],
-      ["mean probability", fmt(lesion.mean_probability)], ["area", fmt(lesion.area_mm2, 4) + " mm²"]]);
-    box.replaceChildren(dl);
+      ["mean probability", fmt(lesion.mean_probability)], ["area", fmt(lesion.area_mm2, 4) + " mm²"],
+      ["review", app.review.status(index)]]);
+    box.replaceChildren(dl, app.review.controls(index));
   }
 
   // -- the panel ---------------------------------------------------------------------------
