@@ -65,6 +65,7 @@ def measure_slide(slide: Path, backbone: str, device: str, threads: int, input_s
     out = Path(tempfile.mkdtemp(prefix="infer-"))
     model, scorer = model_run(backbone, out, device, input_size)
     params = InferParams(read=ReadSettings(threads=threads), batch_size=128 if device != "cpu" else 64)
+    baseline = peak_rss_mb()  # torch (a CUDA build here), Lightning, timm... imported, the model built
     start = time.perf_counter()
     facts = run_slide(SlideInput(slide.stem, slide), [model], params)[backbone]
     whole = time.perf_counter() - start
@@ -82,11 +83,12 @@ def measure_slide(slide: Path, backbone: str, device: str, threads: int, input_s
             scorer.model(batch).float().cpu()
     forward = time.perf_counter() - start
     n_forward = sum(len(b) for b in sample)
-    rates = {"slide_patches_per_s": facts["patches"] / whole, "loader_patches_per_s": len(grid) / loader,
-             "forward_img_per_s": n_forward / forward}
+    rates = {"slide_patches_per_s": facts["patches"] / facts["pass_seconds"],
+             "loader_patches_per_s": len(grid) / loader, "forward_img_per_s": n_forward / forward}
     return {"slide": slide.name, "backbone": backbone, "input_size": input_size, "device": device,
-            "seconds": round(whole, 2),
-            "peak_rss_mb": round(rss, 1), "patches": facts["patches"], "read_level": facts["read_level"],
+            "seconds": round(whole, 2), "pass_seconds": facts["pass_seconds"],
+            "peak_rss_mb": round(rss, 1), "rss_before_the_slide_mb": round(baseline, 1),
+            "slide_rss_mb": round(rss - baseline, 1), "patches": facts["patches"], "read_level": facts["read_level"],
             "decoded_over_grid": round(facts["decoded_px"] / facts["grid_px"], 3),
             **{k: round(v, 1) for k, v in rates.items()},
             "efficiency": round(rates["slide_patches_per_s"] / min(rates["loader_patches_per_s"],

@@ -69,13 +69,13 @@ def run_slide(item: SlideInput, models: list[ModelRun], params: InferParams) -> 
             size = max(m.input_size for m in group)
             grid = plan_grid(slide, group[0].tiling, size, params.grid.stride,
                              params.grid.min_tissue_fraction, params.read.level)
+        planned = time.perf_counter()
         results, stream = one_pass(item, grid, group, params)
         read_facts = {"patches": len(grid), "decoded_px": stream.decoded, "grid_px": grid_pixels(grid),
-                      "read_level": grid.read_level}
-        seconds = time.perf_counter() - start
+                      "read_level": grid.read_level, "pass_seconds": round(time.perf_counter() - planned, 3)}
         for m in group:
-            facts[m.name] = {**write_outputs(item, grid, m, *results[m.name], params, annotation),
-                             **read_facts, "seconds": round(seconds, 3)}
+            outputs = write_outputs(item, grid, m, *results[m.name], params, annotation)
+            facts[m.name] = {**outputs, **read_facts, "seconds": round(time.perf_counter() - start, 3)}
     return facts
 
 
