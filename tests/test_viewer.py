@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -59,12 +60,14 @@ def slide_image(seed: int) -> np.ndarray:
     return image
 
 
-def build_run(folder: Path) -> Path:
-    """``folder/run``: a real run folder (infer's own writers, oracle scorers) over two slides."""
+def build_run(folder: Path, lesions: Sequence[Sequence[tuple[float, float]]] = (LESION,)) -> Path:
+    """``folder/run``: a real run folder (infer's own writers, oracle scorers) over two slides;
+    the tumor slide's annotation holds ``lesions`` (level-0 polygons)."""
     folder.mkdir(parents=True, exist_ok=True)
     tumor = write_tiff(folder / "slides" / "tumor_001.tif", slide_image(1), mpp=MPP, levels=3)
     normal = write_tiff(folder / "slides" / "normal_001.tif", slide_image(2), mpp=MPP, levels=3)
-    xml = write_asap_xml(folder / "slides" / "tumor_001.xml", [("lesion", "_0", LESION)])
+    regions = [("lesion" if i == 0 else f"lesion {i + 1}", "_0", points) for i, points in enumerate(lesions)]
+    xml = write_asap_xml(folder / "slides" / "tumor_001.xml", regions)
     items = [SlideInput("normal_001", normal, 0, None), SlideInput("tumor_001", tumor, 1, xml)]
     out = folder / "run"
     params = InferParams()

@@ -4,8 +4,8 @@
     python -m vistumor.viewer RUN --port 0                  # any free port
 
 Binds to 127.0.0.1 unless ``--host`` says otherwise (the viewer has no login: serving it on
-another interface shows the slides to that network). A user error is one line
-``error: ...`` on stderr and exit status 2.
+another interface shows the slides to that network, and lets it save reviews under
+``RUN/reviews/``). A user error is one line ``error: ...`` on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m vistumor.viewer",
         description="See an inference run on the slide: Deep Zoom slide tiles, tumor-probability and "
-                    "Grad-CAM++ heatmaps, ground truth and predicted lesions, in the browser.")
+                    "Grad-CAM++ heatmaps, ground truth and predicted lesions, in the browser; reviews of the "
+                    "lesions are saved under RUN/reviews/<model>/.")
     parser.add_argument("run_dir", type=Path, help="the inference run folder (holds run.json)")
     parser.add_argument("--port", type=int, default=8000, help="port (default %(default)s; 0: any free one)")
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default %(default)s)")
@@ -44,7 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.host not in ("127.0.0.1", "localhost", "::1"):
-        log.warning("serving on %s: anyone who can reach this address sees the slides", args.host)
+        log.warning("serving on %s: anyone who can reach this address sees the slides and can save reviews",
+                    args.host)
     print(f"VisTumor viewer: {len(server.app.run.slides)} slides, models {list(server.app.run.models)} "
           f"from {server.app.run.root}\n  open {server.url}  (Ctrl-C stops)", flush=True)
     try:

@@ -100,7 +100,7 @@ def static_files() -> dict[str, tuple[bytes, str]]:
 
 
 class ViewerApp:
-    """The viewer of one run folder: ``handle(target)`` answers a GET."""
+    """The viewer of one run folder: ``handle(target)`` answers a GET, ``post(...)`` saves a review."""
 
     def __init__(self, run: RunFolder | str | Path, cache_mb: int = 256):
         self.run = run if isinstance(run, RunFolder) else RunFolder(run)

@@ -5,7 +5,7 @@
  * Drawing: "Draw a missed lesion", then click the vertices on the slide (level-0 px through
  * the slide's TiledImage.viewerElementToImageCoordinates; OpenSeadragon's mouse navigation is
  * off meanwhile, its zoom buttons and navigator still work); double-click, Enter or "Close
- * polygon" ends it, Backspace removes the last vertex, Esc cancels. One review per model,
+ * polygon" ends it, Backspace removes the last vertex, Esc cancels; a drag adds nothing. One review per model,
  * kept in memory while the page is open; the reviewer's name is kept in localStorage.
  */
 window.VistumorReview = (function () {
@@ -76,6 +76,7 @@ window.VistumorReview = (function () {
       $("draw-cancel").addEventListener("click", () => this.stopDrawing());
       $("save-review").addEventListener("click", () => this.save());
       const canvas = app.viewer.canvas;
+      canvas.addEventListener("mousedown", (e) => { this.pressed = this.imagePoint(e).element; });
       canvas.addEventListener("click", (e) => this.onClick(e));
       canvas.addEventListener("dblclick", (e) => { if (this.drawing) { e.preventDefault(); this.finishDrawing(); } });
       canvas.addEventListener("mousemove", (e) => { if (this.drawing) this.drawDraft(this.imagePoint(e).image); });
@@ -93,9 +94,13 @@ window.VistumorReview = (function () {
     fetch(model) {
       if (this.byModel[model]) return Promise.resolve(this.byModel[model]);
       return fetch(this.url(model)).then((r) => {
-        if (!r.ok) throw new Error("review: HTTP " + r.status);
+        if (!r.ok) return r.text().then((text) => { throw new Error(text.trim() || "HTTP " + r.status); });
         return r.json();
-      }).then((answer) => (this.byModel[model] = this.byModel[model] || this.fromSaved(answer)));
+      }).then((answer) => this.fromSaved(answer), (err) => {
+        const empty = this.fromSaved({ saved: false });  // the lesions still show; saving replaces the file
+        empty.error = "the saved review cannot be read (" + err.message + ")";
+        return empty;
+      }).then((review) => (this.byModel[model] = this.byModel[model] || review));
     }
 
     fromSaved(answer) {
@@ -122,6 +127,7 @@ window.VistumorReview = (function () {
       this.comment.value = this.current.comment;
       if (!this.name.value && this.current.saved) this.name.value = this.current.saved.reviewer;
       this.render();
+      if (this.current.error) this.state(this.current.error, true);
       if (dropped.length || this.current.stale) {
         this.state("the lesions changed since this review was saved" +
           (dropped.length ? ": " + dropped.length + " status(es) dropped" : ""), true);
@@ -239,6 +245,7 @@ window.VistumorReview = (function () {
     onClick(e) {
       if (!this.drawing) return;
       const p = this.imagePoint(e);
+      if (this.pressed && p.element.distanceTo(this.pressed) >= SAME_CLICK_PX) return;  // a drag, not a click
       if (this.lastClick && this.points.length && p.element.distanceTo(this.lastClick) < SAME_CLICK_PX) return;
       const info = this.app.info;
       if (p.image.x < 0 || p.image.y < 0 || p.image.x > info.width || p.image.y > info.height) {
@@ -291,7 +298,6 @@ window.VistumorReview = (function () {
         }))
         .then((answer) => {
           this.byModel[model] = this.fromSaved(answer);
-          this.byModel[model].comment = answer.review.comment;
           if (model === this.model) this.show(model, this.lesions);
           this.app.saved = answer;  // for scripts and tests
         })

@@ -281,7 +281,12 @@
     writeState();
     fillSlide();
     if (!Object.keys(info.models).length) { say("this run has no models"); return; }
-    if (!info.found) { say("the slide file is not found: only the panel can be shown"); fillModel(); return; }
+    if (!info.found) {
+      say("the slide file is not found: only the panel can be shown");
+      $("review").hidden = true;  // a review needs the slide (its drawn lesions, its bounds)
+      fillModel();
+      return;
+    }
     openViewer();
   }).catch((err) => say(String(err)));
 })();
