@@ -196,16 +196,6 @@ def _fill_holes(binary: np.ndarray) -> np.ndarray:
     return ~outside[background]
 
 
-def _inside_point(region, origin: tuple[int, int], downsample: int) -> tuple[int, int]:
-    """Level-0 ``(x, y)`` of the region pixel nearest the centroid (the centroid itself
-    when it lies inside), at that pixel's centre."""
-    coords = region.coords
-    centroid = np.asarray(region.centroid)
-    r, c = coords[np.argmin(((coords - centroid) ** 2).sum(axis=1))]
-    r0, c0 = origin
-    return int((c + c0 + 0.5) * downsample), int((r + r0 + 0.5) * downsample)
-
-
 # -- sources -----------------------------------------------------------------------------------
 
 
