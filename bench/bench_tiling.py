@@ -168,10 +168,11 @@ def main() -> None:
         out = Path(tempfile.mkdtemp(prefix="tiles-", dir=work))  # fresh: no resume
         print(json.dumps(measure(args.measure, slide, xml, out)))
         return
+    if not xml.is_file():
+        write_annotation(xml, args.size)
     if not slide.is_file():
         start = time.perf_counter()
         write_big_slide(slide, args.size)
-        write_annotation(xml, args.size)
         size_gib = slide.stat().st_size / 2**30
         print(f"wrote {slide} ({size_gib:.2f} GiB) in {time.perf_counter() - start:.0f} s")
     results = {}

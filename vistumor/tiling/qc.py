@@ -11,7 +11,8 @@ from vistumor.files import atomic_path
 from vistumor.labels import AMBIGUOUS, NORMAL, TUMOR
 from vistumor.wsi.annotations import TumorAnnotation
 
-MIN_EDGE = 1000  # px: the long edge of a QC picture is at least about this
+MIN_EDGE = 1000  # px: the long edge of a QC picture is at least about this ...
+MAX_EDGE = 2048  # ... and at most this (a 100,000 px slide's 3,125 px mask is halved)
 TISSUE_COLOUR = (40, 90, 255)
 ANNOTATION_COLOUR = (255, 200, 0)
 TILE_COLOURS = {TUMOR: (230, 20, 20), NORMAL: (20, 170, 60), AMBIGUOUS: (150, 150, 150)}
@@ -31,7 +32,13 @@ def draw_qc(
 
     Tumor tiles are red, normal tiles green, ambiguous tiles grey.
     """
-    # small slides get an enlarged picture, so tiles stay visible
+    # small slides get an enlarged picture, so tiles stay visible; large ones a reduced one
+    shrink = int(np.ceil(max(thumbnail.shape[:2]) / MAX_EDGE))
+    if shrink > 1:
+        size = (thumbnail.shape[1] // shrink, thumbnail.shape[0] // shrink)
+        thumbnail = cv2.resize(thumbnail, size, interpolation=cv2.INTER_AREA)
+        tissue = cv2.resize(tissue.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)
+        downsample = downsample * shrink
     zoom = max(1, MIN_EDGE // max(thumbnail.shape[:2]))
     if zoom > 1:
         thumbnail = cv2.resize(thumbnail, None, fx=zoom, fy=zoom, interpolation=cv2.INTER_LINEAR)
