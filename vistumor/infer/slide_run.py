@@ -55,7 +55,8 @@ def groups(models: list[ModelRun]) -> list[list[ModelRun]]:
     """Models that read the same patches (equal patch geometry), in order."""
     by_grid: dict[str, list[ModelRun]] = defaultdict(list)
     for m in models:
-        by_grid[json.dumps({k: m.tiling[k] for k in ("grid", "tissue")}, sort_keys=True)].append(m)
+        geometry_key = {k: m.tiling.get(k) for k in ("grid", "tissue", "trained_mpp")}
+        by_grid[json.dumps(geometry_key, sort_keys=True)].append(m)
     return list(by_grid.values())
 
 
