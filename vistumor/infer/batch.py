@@ -36,7 +36,8 @@ SLIDE_COLUMNS = ["slide", "score", "label", "patches", "seconds", "status", "les
 def slide_key(item: SlideInput, models: Sequence[ModelRun], params: InferParams) -> dict[str, Any]:
     """What a slide's outputs depend on."""
     return {"settings_hash": params.hash,
-            "checkpoints": {m.name: fingerprint(m.checkpoint, "fast") for m in models},
+            "checkpoints": {m.name: fingerprint(m.checkpoint, "fast") if Path(m.checkpoint).is_file() else m.checkpoint
+                            for m in models},
             "slide_checksum": fingerprint(item.path, "fast") if item.path.is_file() else None}
 
 
