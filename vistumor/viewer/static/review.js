@@ -16,14 +16,7 @@ window.VistumorReview = (function () {
   const NAME_KEY = "vistumor.reviewer";
   const SAME_CLICK_PX = 4;  // the second click of a double-click adds no vertex
   const enc = encodeURIComponent;
-  const $ = (id) => document.getElementById(id);
-
-  function el(tag, props, text) {
-    const node = document.createElement(tag);
-    Object.entries(props || {}).forEach(([k, v]) => { node[k] = v; });
-    if (text !== undefined) node.textContent = text;
-    return node;
-  }
+  const { $, el } = window.VistumorDom;
 
   function storedName() {
     try { return localStorage.getItem(NAME_KEY) || ""; } catch (err) { return ""; }

@@ -17,14 +17,7 @@
   const app = (window.vistumorApp = { ready: false, generation: 0, heat: {}, lesions: [], truth: [] });
   let state = null;
 
-  const $ = (id) => document.getElementById(id);
-
-  function el(tag, props, text) {
-    const node = document.createElement(tag);
-    Object.entries(props || {}).forEach(([k, v]) => { node[k] = v; });
-    if (text !== undefined) node.textContent = text;
-    return node;
-  }
+  const { $, el } = window.VistumorDom;
 
   function fmt(value, digits) {
     return typeof value === "number" && Number.isFinite(value) ? value.toFixed(digits === undefined ? 3 : digits) : "–";
