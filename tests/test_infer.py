@@ -15,6 +15,7 @@ from vistumor.infer.geometry import SlideGrid, cell_spans, reading_level
 from vistumor.infer.heatmap import ProbabilityMap
 from vistumor.infer.lesions import find_lesions, to_asap_xml, to_geojson, write_lesions
 from vistumor.infer.reader import PatchStream, plan_blocks
+from vistumor.infer.slide_run import grid_pixels
 from vistumor.infer.stitch import CamCanvas, hann
 from vistumor.wsi.annotations import read_annotations
 from vistumor.wsi.slide import Slide
@@ -36,6 +37,13 @@ def test_cells_a_patch_covers_are_those_whose_centre_it_holds():
     r0, r1, c0, c1 = cell_spans(grid)
     assert grid.cells == (4, 8)  # 128 / 32, 256 / 32
     assert (r0.tolist(), r1.tolist(), c0.tolist(), c1.tolist()) == ([0, 0, 1], [2, 2, 3], [0, 1, 3], [2, 3, 5])
+
+
+def test_grid_pixels_count_the_union_of_the_patches_cells_at_the_read_level():
+    grid = grid_of([0, 32, 96], [0, 0, 32])  # cells: rows 0-1 x cols 0-2 (6) and rows 1-2 x cols 3-4 (4)
+    assert grid_pixels(grid) == 10 * 32 * 32
+    assert grid_pixels(grid_of([0, 32, 96], [0, 0, 32], read_downsample=2.0)) == 10 * 16 * 16
+    assert grid_pixels(grid_of([224], [96])) == 1 * 32 * 32  # spans clipped at the slide's edge
 
 
 def test_heatmap_cell_is_the_mean_of_the_patches_covering_it():
@@ -87,11 +95,11 @@ def test_blocks_decode_each_pixel_about_once_and_cut_the_same_pixels(tiny_tiff):
 
 def test_canvas_weights_maps_by_probability_and_blends_overlaps(tmp_path):
     grid = grid_of([0, 32, 160], [0, 0, 0])
-    canvas = CamCanvas(grid, cam_cells=2, px_per_cell=4, folder=tmp_path / "cams")
+    canvas = CamCanvas(grid, cam_cells=2, px_per_cell=4, path=tmp_path / "cams" / "s.npy")
     assert canvas.out_px0 == 8 and canvas.shape == (16, 32)  # 64 level-0 px -> 8 output px
     ones = np.ones((3, 2, 2), np.float32)
     canvas.add(np.array([0, 1, 2]), np.array([1.0, 0.5, 0.0]), ones * np.array([2.0, 2.0, 7.0])[:, None, None])
-    meta = canvas.save(tmp_path / "cams" / "s.npy", {"slide": "s"})
+    meta = canvas.save({"slide": "s"})
     canvas.close()
     out = np.load(tmp_path / "cams" / "s.npy")
     window = hann(8)
@@ -102,7 +110,7 @@ def test_canvas_weights_maps_by_probability_and_blends_overlaps(tmp_path):
     assert out[:8, 20:28] == pytest.approx(np.zeros((8, 8)))  # a normal patch (p = 0) stays cold
     assert np.isnan(out[8:]).all() and np.isnan(out[:, 12:20]).all()  # no patch: NaN
     assert meta["scale"] == pytest.approx(2.0) and meta["cell_size_px"] == 8
-    assert not list((tmp_path / "cams").glob(".canvas-*"))  # accumulators removed
+    assert not list((tmp_path / "cams").glob("*.tmp"))  # accumulators removed
 
 
 # -- lesions, exports, detections, scores ----------------------------------------------------------
@@ -126,6 +134,13 @@ def test_lesions_are_connected_cells_with_exact_outlines_and_holes():
     assert big.max_prob == pytest.approx(0.9) and big.mean_prob == pytest.approx(0.9)
     assert small.polygon.bounds == (400, 300, 500, 400) and small.max_prob == pytest.approx(0.6)
     assert small.area_mm2 == pytest.approx(100 * 100 * 0.0005**2)
+
+
+def test_cells_touching_at_a_corner_are_two_lesions_each_held_to_min_cells():
+    values = np.array([[0.9, 0.9, 0.0], [0.0, 0.0, 0.8]], np.float32)  # one 8-neighbour group, two polygons
+    assert sorted(le.cells for le in find_lesions(values, 10, 0.5, None)) == [1, 2]
+    assert [le.cells for le in find_lesions(values, 10, 0.5, None, min_cells=2)] == [2]
+    assert find_lesions(values, 10, 0.5, None, min_cells=3) == []
 
 
 def test_exports_read_back_through_the_annotation_reader(tmp_path):

@@ -15,7 +15,8 @@ import shapely
 import tifffile
 from conftest import write_asap_xml
 
-from vistumor.infer.batch import merge, run_slides
+from vistumor.files import write_json
+from vistumor.infer.batch import DONE, FAILED, SKIPPED, merge, run_slides
 from vistumor.infer.engine import OracleScorer
 from vistumor.infer.inputs import SlideInput
 from vistumor.infer.params import CamSettings, InferParams, LesionSettings
@@ -143,6 +144,33 @@ def test_a_corrupt_slide_fails_alone_and_a_rerun_skips_the_done(oracle_slide, tm
     assert [r["status"] for r in again] == ["skipped", "failed"]
     changed = run_slides(items[:1], [model], InferParams(lesions=LesionSettings(0.7)), tmp_path, progress=False)
     assert changed[0]["status"] == "done"  # other settings: redone
+
+
+def test_a_slides_annotation_is_read_with_the_models_annotation_groups(oracle_slide, tmp_path):
+    groups = {"Metastasis": "tumor"}  # not CAMELYON16's _0/_1/_2: unreadable without the model's mapping
+    xml = write_asap_xml(tmp_path / "tumor_oracle.xml", [("disc", "Metastasis", DISC)])
+    item = SlideInput("tumor_oracle", oracle_slide.path, 1, xml)
+    model = ModelRun("oracle", OracleScorer(read_annotations(xml, groups)), "none",
+                     {**TILING, "labels": {"annotation_groups": groups}}, 128, tmp_path / "models" / "oracle")
+    assert run_slide(item, [model], InferParams())["oracle"]["lesions"] == 1
+
+
+def test_cam_normalize_run_records_the_runs_largest_slide_scale_in_every_cam_sidecar(tmp_path):
+    model = ModelRun("m", None, "m.ckpt", TILING, 128, tmp_path / "models" / "m")
+    facts = {"a": (DONE, 0.5), "b": (SKIPPED, 2.0), "c": (FAILED, None)}  # c: failed, no CAM
+    for slide, (_, scale) in facts.items():
+        if scale is not None:
+            write_json(model.path("cams", slide, ".json"), {"slide": slide, "scale": scale})
+    records = [{"slide": s, "status": status, "models": {} if scale is None else
+                {"m": {"map": True, "cam_scale": scale}}} for s, (status, scale) in facts.items()]
+    items = [SlideInput(s, tmp_path / f"{s}.tif", 1) for s in facts]
+    merge(items, [model], tmp_path, records)  # cam.normalize=slide: sidecars untouched
+    assert "run_scale" not in json.loads(model.path("cams", "a", ".json").read_text())
+    merge(items, [model], tmp_path, records, run_scale=True)
+    for slide, scale in (("a", 0.5), ("b", 2.0)):
+        assert json.loads(model.path("cams", slide, ".json").read_text()) == {
+            "slide": slide, "scale": scale, "run_scale": 2.0}
+    assert not model.path("cams", "c", ".json").exists()
 
 
 def test_a_killed_run_leaves_no_temporaries_behind_a_rerun(oracle_slide, tmp_path):

@@ -39,11 +39,6 @@ def is_tumor(labels: Any) -> Any:
     return labels == TUMOR
 
 
-def is_normal(labels: Any) -> Any:
-    """Boolean mask of ``NORMAL`` labels (or calls)."""
-    return labels == NORMAL
-
-
 def outcomes(labels: Any, pred: Any) -> np.ndarray:
     """``tp``/``fn``/``fp``/``tn`` per item (tumor is positive), as a numpy string array."""
     labels, pred = np.asarray(labels), np.asarray(pred)

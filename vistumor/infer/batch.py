@@ -25,10 +25,10 @@ from vistumor.infer.inputs import SlideInput
 from vistumor.infer.params import InferParams
 from vistumor.infer.slide_run import OUTPUTS, ModelRun, run_slide
 from vistumor.labels import name
+from vistumor.tiling.jobs import DONE, FAILED, SKIPPED
 
 log = logging.getLogger(__name__)
 
-DONE, SKIPPED, FAILED = "done", "skipped", "failed"
 SLIDE_COLUMNS = ["slide", "score", "label", "patches", "seconds", "status", "lesions", "detections",
                  "largest_lesion_mm2", "reason"]
 
@@ -36,8 +36,7 @@ SLIDE_COLUMNS = ["slide", "score", "label", "patches", "seconds", "status", "les
 def slide_key(item: SlideInput, models: Sequence[ModelRun], params: InferParams) -> dict[str, Any]:
     """What a slide's outputs depend on."""
     return {"settings_hash": params.hash,
-            "checkpoints": {m.name: fingerprint(m.checkpoint, "fast") if Path(m.checkpoint).is_file() else m.checkpoint
-                            for m in models},
+            "checkpoints": {m.name: m.fingerprint for m in models},
             "slide_checksum": fingerprint(item.path, "fast") if item.path.is_file() else None}
 
 
@@ -58,7 +57,8 @@ def process(item: SlideInput, models: Sequence[ModelRun], params: InferParams, o
             if previous.get("status") == DONE and all(previous.get(k) == v for k, v in key.items()) \
                     and _outputs_exist(item, models, previous):
                 return {**previous, "status": SKIPPED, "reason": "already done with these settings"}
-            record.update(key, status=DONE, reason="", models=run_slide(item, list(models), params))
+            facts = run_slide(item, list(models), params, key["slide_checksum"])
+            record.update(key, status=DONE, reason="", models=facts)
         except VisTumorError as err:
             record.update(status=FAILED, reason=str(err))
         except Exception as err:  # one slide's crash must not stop the batch: recorded
@@ -97,8 +97,9 @@ def run_slides(items: Sequence[SlideInput], models: Sequence[ModelRun], params: 
 
 
 def merge(items: Sequence[SlideInput], models: Sequence[ModelRun], out: Path,
-          records: Sequence[dict] | None = None) -> dict[str, Path]:
-    """``status.csv`` (one row per slide) and each model's ``slides.csv``."""
+          records: Sequence[dict] | None = None, run_scale: bool = False) -> dict[str, Path]:
+    """``status.csv`` (one row per slide) and each model's ``slides.csv``; with ``run_scale``
+    (``cam.normalize=run``) each model's CAM sidecars also get the run's ``run_scale``."""
     known = {r["slide"]: r for r in records or []}
     rows = []
     for item in items:
@@ -113,7 +114,23 @@ def merge(items: Sequence[SlideInput], models: Sequence[ModelRun], out: Path,
     for m in models:
         table = pd.DataFrame([_model_row(r, m.name) for r in rows], columns=SLIDE_COLUMNS)
         written[m.name] = _write_csv(m.folder / "slides.csv", table)
+        if run_scale:
+            write_run_scale(m, rows)
     return written
+
+
+def write_run_scale(m: ModelRun, records: Sequence[dict]) -> float:
+    """The largest slide CAM ``scale`` of a model over the run's finished slides, written as
+    ``run_scale`` into each of their CAM sidecars (one colour scale for every slide)."""
+    facts = {r["slide"]: (r.get("models") or {}).get(m.name, {}) for r in records
+             if r.get("status") in (DONE, SKIPPED)}
+    mapped = [s for s, f in facts.items() if f.get("map")]
+    scale = max((float(facts[s].get("cam_scale") or 0.0) for s in mapped), default=0.0)
+    for slide in mapped:
+        path = m.path("cams", slide, ".json")
+        if path.is_file():
+            write_json(path, {**json.loads(path.read_text()), "run_scale": scale})
+    return scale
 
 
 def _model_row(record: dict, model: str) -> dict:

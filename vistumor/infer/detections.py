@@ -13,8 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from vistumor.files import write_text
-
-SCORES = ("max", "topk")
+from vistumor.infer.params import SCORES
 
 
 def nms_points(values: np.ndarray, cell_px: float, radius_px: float, min_prob: float,

@@ -16,7 +16,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vistumor.explain.base import gradients
 from vistumor.explain.gradcam import FastGradCAMPlusPlus
 from vistumor.labels import TUMOR
 from vistumor.wsi.annotations import TumorAnnotation
@@ -40,6 +39,8 @@ class ModelScorer:
     def __init__(self, model, device: torch.device, target_layer: str | None = None,
                  precision: str = "auto", cams: bool = True):
         self.model = model.to(device).eval()
+        for p in self.model.parameters():  # the scorer owns the model: set once, not per batch
+            p.requires_grad_(False)
         self.device = device
         self.size = model.input_size
         #: a segmentation model's maps are its predicted masks, else Grad-CAM++
@@ -54,7 +55,9 @@ class ModelScorer:
         if self.device.type == "cuda":
             batch = batch.pin_memory()
         x = batch.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
-        if x.shape[-1] != self.size:  # area-like antialiased resize, as the training loader's
+        # an antialiased bilinear resize on the device; the training loader resizes with
+        # resize_patch (2x area halvings, then bilinear) on the CPU: close, not bit-equal
+        if x.shape[-1] != self.size:
             x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True,
                               align_corners=False)
         return x
@@ -69,7 +72,7 @@ class ModelScorer:
             with torch.inference_mode(), autocast:
                 logits = self.model(x)
             return logits.float().softmax(1)[:, TUMOR].cpu().numpy(), None
-        with gradients(self.model), autocast:
+        with torch.inference_mode(False), torch.enable_grad(), autocast:  # autograd for the CAM only
             logits, raw = self.cam.raw(x, [TUMOR] * len(x))
         return logits.float().softmax(1)[:, TUMOR].cpu().numpy(), raw.float().cpu().numpy()
 

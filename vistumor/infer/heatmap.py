@@ -31,11 +31,9 @@ class ProbabilityMap:
         rows, cols = grid.cells
         r0, r1, c0, c1 = cell_spans(grid)
         self.spans = (np.clip(r0, 0, rows), np.clip(r1, 0, rows), np.clip(c0, 0, cols), np.clip(c1, 0, cols))
-        self.prob = np.full(len(grid), np.nan, np.float32)  # per patch, for the record
 
     def add(self, indices: np.ndarray, prob: np.ndarray) -> None:
         r0, r1, c0, c1 = (s[indices] for s in self.spans)
-        self.prob[indices] = prob
         for a, b, c, d, p in zip(r0, r1, c0, c1, prob, strict=True):
             self.total[a:b, c:d] += p
             self.count[a:b, c:d] += 1

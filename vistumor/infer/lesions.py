@@ -55,18 +55,24 @@ class Lesion:
 
 def find_lesions(values: np.ndarray, cell_px: float, threshold: float, mpp: float | None,
                  min_cells: int = 1) -> list[Lesion]:
-    """Connected (8-neighbour) groups of cells with probability ``>= threshold``, largest first."""
+    """Connected (8-neighbour) groups of cells with probability ``>= threshold``, largest
+    first; a lesion of fewer than ``min_cells`` cells is dropped."""
     above = np.nan_to_num(values, nan=0.0) >= threshold
     count, labels = cv2.connectedComponents(above.astype(np.uint8), connectivity=8)
+    flat = labels.ravel()
+    order = np.argsort(flat, kind="stable")  # the cells of each component, row-major, in one sort
+    bounds = np.searchsorted(flat[order], np.arange(count + 1))
     lesions = []
     for k in range(1, count):
-        rows, cols = np.nonzero(labels == k)
+        rows, cols = np.divmod(order[bounds[k] : bounds[k + 1]], labels.shape[1])
         if len(rows) < min_cells:
             continue
         shape = cells_polygon(rows, cols, cell_px)
         for part in shape.geoms if isinstance(shape, MultiPolygon) else [shape]:
             # 8-connected cells touching at a corner make separate polygons: one lesion each
             inside = shapely.contains_xy(part, (cols + 0.5) * cell_px, (rows + 0.5) * cell_px)
+            if inside.sum() < min_cells:
+                continue
             cell_values = values[rows[inside], cols[inside]]
             lesions.append(Lesion(part, float(cell_values.max()), float(cell_values.mean()),
                                   int(inside.sum()), mpp))

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
+from vistumor.files import fingerprint
 from vistumor.infer.detections import nms_points, slide_score, write_detections
 from vistumor.infer.engine import Scorer
 from vistumor.infer.figures import summary_figure
@@ -27,7 +27,7 @@ from vistumor.infer.params import InferParams
 from vistumor.infer.reader import PatchStream
 from vistumor.infer.stitch import CamCanvas, reduce_canvas, thumbnail_of
 from vistumor.wsi.annotations import TumorAnnotation, read_annotations
-from vistumor.wsi.slide import Slide
+from vistumor.wsi.slide import Slide, block_mean
 
 
 @dataclass
@@ -41,6 +41,24 @@ class ModelRun:
     input_size: int
     folder: Path
     manifest: str | None = None
+    #: what a slide's outputs depend on: the checkpoint file's fingerprint, taken once
+    #: (a scorer without a checkpoint file is keyed by the name given)
+    fingerprint: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.fingerprint is None:
+            self.fingerprint = fingerprint(self.checkpoint, "fast") if Path(self.checkpoint).is_file() \
+                else self.checkpoint
+
+    @property
+    def annotation_groups(self) -> dict | None:
+        """The annotation-group mapping the model's labels were made with (tiling's)."""
+        return (self.tiling.get("labels") or {}).get("annotation_groups")
+
+    @property
+    def kind(self) -> str:
+        """``mask`` for a segmentation model (its maps are masks), else ``gradcam++``."""
+        return getattr(self.scorer, "kind", "gradcam++")
 
     def path(self, kind: str, slide_id: str, suffix: str) -> Path:
         return self.folder / kind / f"{slide_id}{suffix}"
@@ -60,9 +78,15 @@ def groups(models: list[ModelRun]) -> list[list[ModelRun]]:
     return list(by_grid.values())
 
 
-def run_slide(item: SlideInput, models: list[ModelRun], params: InferParams) -> dict[str, Any]:
-    """Every output of one slide for every model; returns per-model facts (score, lesions...)."""
-    annotation = read_annotations(item.annotation) if item.annotation else None
+def run_slide(item: SlideInput, models: list[ModelRun], params: InferParams,
+              checksum: str | None = None) -> dict[str, Any]:
+    """Every output of one slide for every model; returns per-model facts (score, lesions...).
+
+    Args:
+        checksum: the slide file's fingerprint, recorded in every sidecar.
+    """
+    annotation = {m.name: read_annotations(item.annotation, m.annotation_groups) if item.annotation else None
+                  for m in models}
     facts: dict[str, Any] = {}
     for group in groups(models):
         start = time.perf_counter()
@@ -74,9 +98,14 @@ def run_slide(item: SlideInput, models: list[ModelRun], params: InferParams) -> 
         results, stream = one_pass(item, grid, group, params)
         read_facts = {"patches": len(grid), "decoded_px": stream.decoded, "grid_px": grid_pixels(grid),
                       "read_level": grid.read_level, "pass_seconds": round(time.perf_counter() - planned, 3)}
-        for m in group:
-            outputs = write_outputs(item, grid, m, *results[m.name], params, annotation)
-            facts[m.name] = {**outputs, **read_facts, "seconds": round(time.perf_counter() - start, 3)}
+        try:
+            for m in group:
+                outputs = write_outputs(item, grid, m, *results[m.name], params, annotation.get(m.name), checksum)
+                facts[m.name] = {**outputs, **read_facts, "seconds": round(time.perf_counter() - start, 3)}
+        finally:  # every model's canvas, even when another model's outputs failed
+            for _, canvas in results.values():
+                if canvas is not None:
+                    canvas.close()
     return facts
 
 
@@ -95,9 +124,9 @@ def one_pass(item: SlideInput, grid: SlideGrid, group: list[ModelRun], params: I
                 maps[m.name].add(indices, prob)
                 if cams is not None and params.cam.enabled:
                     if canvases[m.name] is None:
-                        mask = getattr(m.scorer, "kind", "") == "mask"  # a mask: as fine already
+                        mask = m.kind == "mask"  # a mask: as fine already
                         canvases[m.name] = CamCanvas(grid, cams.shape[-1], 1 if mask else params.cam.px_per_cell,
-                                                     m.folder / "cams", weighted=not mask)
+                                                     m.path("cams", item.slide_id, ".npy"), weighted=not mask)
                     canvases[m.name].add(indices, prob, cams)
     except BaseException:
         for canvas in canvases.values():
@@ -109,9 +138,14 @@ def one_pass(item: SlideInput, grid: SlideGrid, group: list[ModelRun], params: I
 
 def grid_pixels(grid: SlideGrid) -> int:
     """Read-level pixels the tissue patches cover (their union), for the decode ratio."""
-    covered = np.zeros(grid.cells, bool)
-    for r0, r1, c0, c1 in zip(*cell_spans(grid), strict=True):
-        covered[max(r0, 0) : r1, max(c0, 0) : c1] = True
+    rows, cols = grid.cells
+    r0, r1, c0, c1 = (np.clip(s, 0, n) for s, n in zip(cell_spans(grid), (rows, rows, cols, cols), strict=True))
+    starts = np.zeros((rows + 1, cols + 1), np.int32)  # a 2D difference array: +1/-1 at the corners
+    np.add.at(starts, (r0, c0), 1)
+    np.add.at(starts, (r0, c1), -1)
+    np.add.at(starts, (r1, c0), -1)
+    np.add.at(starts, (r1, c1), 1)
+    covered = starts.cumsum(0).cumsum(1)[:rows, :cols] > 0
     return int(covered.sum() * (grid.stride0 / grid.read_downsample) ** 2)
 
 
@@ -134,17 +168,16 @@ def figure_thumbnail(grid: SlideGrid) -> tuple[np.ndarray, float]:
     of a 100,000 px slide then cost megabytes, not the gigabyte of float overlays at 3,125 px."""
     image, ds = grid.thumbnail, grid.thumb_downsample
     factor = max(1, int(np.ceil(max(image.shape[:2]) / FIGURE_EDGE)))
-    if factor == 1:
-        return image, ds
-    h, w = image.shape[0] // factor, image.shape[1] // factor
-    return cv2.resize(image[: h * factor, : w * factor], (w, h), interpolation=cv2.INTER_AREA), ds * factor
+    return block_mean(image, factor), ds * factor
 
 
 def write_outputs(item: SlideInput, grid: SlideGrid, m: ModelRun, pmap: ProbabilityMap,
-                  canvas: CamCanvas | None, params: InferParams, annotation: TumorAnnotation | None) -> dict:
+                  canvas: CamCanvas | None, params: InferParams, annotation: TumorAnnotation | None,
+                  checksum: str | None = None) -> dict:
     """Heatmap (npy, json, png), stitched CAM, lesions (GeoJSON, XML), detections, figure."""
     values = pmap.result()
-    base = {"slide": item.slide_id, "slide_path": str(item.path), "model": m.name, "checkpoint": m.checkpoint,
+    base = {"slide": item.slide_id, "slide_path": str(item.path), "slide_checksum": checksum,
+            "model": m.name, "checkpoint": m.checkpoint,
             "input_size": m.input_size, "stride": params.grid.stride, **geometry(grid)}
     meaning = "tumor probability: mean of the patches covering the cell; NaN: no tissue patch"
     save_map(m.path("heatmaps", item.slide_id, ".npy"), values, {**base, "value": meaning})
@@ -153,10 +186,7 @@ def write_outputs(item: SlideInput, grid: SlideGrid, m: ModelRun, pmap: Probabil
                    grid.stride0, f"{item.slide_id}: {m.name}")
     cam, cam_px, scale = None, 1.0, 0.0
     if canvas is not None:
-        try:
-            meta = canvas.save(m.path("cams", item.slide_id, ".npy"), base)
-        finally:
-            canvas.close()
+        meta = canvas.save(base)
         scale = meta["scale"]
         cam, cam_px = thumbnail_of(m.path("cams", item.slide_id, ".npy"), picture.shape[:2])
     source, lesion_map, lesion_px = lesion_source(item, grid, m, values, canvas, params)

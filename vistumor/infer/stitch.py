@@ -44,16 +44,18 @@ class CamCanvas:
         grid: the slide's grid (patch geometry in level-0 px).
         cam_cells: the maps' edge (e.g. 7 for a 224 px input and a stride-32 trunk).
         px_per_cell: output px per map cell (the canvas resolution).
-        folder: where the temporary accumulators go (beside the output).
+        path: the ``.npy`` it will be saved to; the accumulators are its temporaries
+            (``.<name>.*.tmp`` beside it), which a rerun after ``kill -9`` removes.
     """
 
-    def __init__(self, grid: SlideGrid, cam_cells: int, px_per_cell: int, folder: Path, weighted: bool = True):
+    def __init__(self, grid: SlideGrid, cam_cells: int, px_per_cell: int, path: Path, weighted: bool = True):
         self.grid, self.cells, self.px, self.weighted = grid, cam_cells, px_per_cell, weighted
         self.size = cam_cells * px_per_cell  # output px per patch
         self.out_px0 = grid.size0 / self.size  # level-0 px per output px
         self.shape = (math.ceil(grid.height0 / self.out_px0), math.ceil(grid.width0 / self.out_px0))
-        folder.mkdir(parents=True, exist_ok=True)
-        self._files = [folder / f".canvas-{os.getpid()}-{id(self)}-{n}.tmp" for n in ("sum", "weight")]
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._files = [self.path.parent / f".{self.path.name}.{os.getpid()}-{n}.tmp" for n in ("sum", "weight")]
         self.total, self.weight = (np.memmap(f, np.float32, "w+", shape=self.shape) for f in self._files)
         self.window = hann(self.size)
         self._adds = 0
@@ -82,9 +84,10 @@ class CamCanvas:
             if hasattr(mmap, "MADV_DONTNEED") and canvas._mmap is not None:
                 canvas._mmap.madvise(mmap.MADV_DONTNEED)
 
-    def save(self, path: Path, sidecar: dict[str, Any]) -> dict[str, Any]:
-        """Write the blended canvas to ``path`` (.npy, NaN where no patch) and its sidecar;
+    def save(self, sidecar: dict[str, Any]) -> dict[str, Any]:
+        """Write the blended canvas to its ``.npy`` (NaN where no patch) and its sidecar;
         returns the sidecar (with the slide's ``scale``)."""
+        path = self.path
         peak = 0.0
         with atomic_path(path) as tmp:
             out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=self.shape)
@@ -108,7 +111,8 @@ class CamCanvas:
         return meta
 
     def close(self) -> None:
-        del self.total, self.weight
+        """Drop the accumulators (again: a no-op)."""
+        self.total = self.weight = None
         for f in self._files:
             f.unlink(missing_ok=True)
 

@@ -22,6 +22,7 @@ from vistumor.explain import localization
 from vistumor.files import write_text
 from vistumor.model import metrics
 from vistumor.runs import intervals
+from vistumor.tiling.jobs import DONE
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ def slide_evaluations(folder: Path, run: Path) -> list[dict]:
             continue
         data = json.loads(path.read_text())
         scores = pd.read_csv(model_dir / "slides.csv", dtype={"slide": str})
-        scores = scores[scores["status"] == "done"].dropna(subset=["label"])
+        scores = scores[scores["status"] == DONE].dropna(subset=["label"])
         found.append({"test/slide_auc": data["auc"], f"test/slide_auc{CI}": data["auc_ci95"],
                       "test/froc": data["froc"], f"test/froc{CI}": data.get("froc_ci95"),
                       "_slide_scores": {s: (int(lab == "tumor"), float(v)) for s, lab, v in

@@ -33,6 +33,7 @@ from vistumor.model.devices import inference_device
 from vistumor.tasks.slide_evaluation import evaluate_run
 from vistumor.tasks.tiling import ensure_dataset
 from vistumor.tiling.catalog import shard
+from vistumor.tiling.jobs import OUTCOMES
 from vistumor.tiling.manifest import load_manifest
 
 log = logging.getLogger(__name__)
@@ -72,10 +73,11 @@ def run_models(models: list[ModelRun], items: list[inputs.SlideInput], params: I
     records = None
     if run.stage in ("all", "infer"):
         records = run_slides(mine, models, params, out, run.progress)
-        for state in ("done", "skipped", "failed"):
+        for state in OUTCOMES:
             summary[state] = sum(r["status"] == state for r in records)
     if run.stage == "merge" or (run.stage == "all" and run.num_shards == 1):
-        summary["tables"] = {k: str(v) for k, v in merge(items, models, out, records).items()}
+        tables = merge(items, models, out, records, run_scale=params.cam.normalize == "run")
+        summary["tables"] = {k: str(v) for k, v in tables.items()}
         if evaluate_mode:
             summary["evaluation"] = evaluate_run(items, models, out, evaluate_mode, patients=patients)
     log.info("whole-slide outputs in %s", out)

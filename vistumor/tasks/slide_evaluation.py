@@ -22,6 +22,7 @@ from vistumor.evaluate import (
     write_report,
     write_staging_report,
 )
+from vistumor.infer.batch import DONE
 from vistumor.infer.inputs import SlideInput
 from vistumor.infer.slide_run import ModelRun
 from vistumor.labels import TUMOR
@@ -44,14 +45,15 @@ def evaluate_run(items: Sequence[SlideInput], models: Sequence[ModelRun], out: P
     patient_source = str(patients) if patients is not None else "slide names (patient_NNN_node_N)"
     records = {s.slide_id: _record(out, s.slide_id) for s in items}
     labelled = [s for s in items if s.label is not None]
-    finished = [s for s in labelled if (records[s.slide_id] or {}).get("status") == "done"]
+    finished = [s for s in labelled if (records[s.slide_id] or {}).get("status") == DONE]
     left_out = sorted(s.slide_id for s in labelled if s not in finished)
     results: dict[str, dict[str, Any]] = {}
     if not finished:
         return {m.name: {"skipped": "no finished slide with a known label"} for m in models}
     for m in models:
+        sidecars = {s.slide_id: _sidecar(m, s.slide_id) for s in finished}
         try:
-            evaluation = _evaluate_model(m, finished, records, mode, seed)
+            evaluation = _evaluate_model(m, finished, records, sidecars, mode, seed)
         except VisTumorError as err:  # e.g. a tumor slide without its annotation: AUC only is not FROC
             log.warning("%s: evaluation skipped: %s", m.name, err)
             results[m.name] = {"skipped": str(err)}
@@ -63,18 +65,19 @@ def evaluate_run(items: Sequence[SlideInput], models: Sequence[ModelRun], out: P
                            "evaluation": str(paths["json"])}
         log.info("%s: slide AUC %.3f [%.3f, %.3f], FROC %.3f [%.3f, %.3f] over %d slides", m.name,
                  evaluation.auc, *evaluation.auc_ci95, evaluation.froc, *evaluation.froc_ci95, len(finished))
-        results[m.name].update(_stage_model(m, finished, patient_map, {**settings, "patients": patient_source}))
+        results[m.name].update(_stage_model(m, finished, sidecars, patient_map,
+                                            {**settings, "patients": patient_source}))
     return results
 
 
-def _stage_model(m: ModelRun, slides: Sequence[SlideInput], patients: dict[str, str] | None,
-                 settings: dict[str, Any]) -> dict[str, Any]:
+def _stage_model(m: ModelRun, slides: Sequence[SlideInput], sidecars: dict[str, dict],
+                 patients: dict[str, str] | None, settings: dict[str, Any]) -> dict[str, Any]:
     """Categories and pN stages of one model's lesions, written beside its evaluation; a slide
     that cannot be staged (no µm per pixel, a tumor slide without annotation) skips it, named."""
     try:
-        inputs = [StagingInput(s.slide_id, _sidecar(m, s.slide_id).get("mpp"), _annotation(s),
+        inputs = [StagingInput(s.slide_id, sidecars[s.slide_id].get("mpp"), _annotation(s),
                                m.path("lesions", s.slide_id, ".geojson")) for s in slides]
-        staging = evaluate_staging(inputs, patients)
+        staging = evaluate_staging(inputs, patients, groups=m.annotation_groups)
     except VisTumorError as err:
         log.warning("%s: staging skipped: %s", m.name, err)
         return {"staging_skipped": str(err)}
@@ -103,15 +106,15 @@ def _record(out: Path, slide_id: str) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _evaluate_model(m: ModelRun, slides: Sequence[SlideInput], records: dict, mode: str, seed: int):
+def _evaluate_model(m: ModelRun, slides: Sequence[SlideInput], records: dict, sidecars: dict[str, dict],
+                    mode: str, seed: int):
     predictions = {s.slide_id: read_detections(m.path("detections", s.slide_id, ".csv")) for s in slides}
     scores = {s.slide_id: records[s.slide_id]["models"][m.name]["score"] for s in slides}
 
     def dimensions(slide_id: str) -> tuple[int, int]:
-        sidecar = _sidecar(m, slide_id)
-        return int(sidecar["width0"]), int(sidecar["height0"])
+        return int(sidecars[slide_id]["width0"]), int(sidecars[slide_id]["height0"])
 
     annotations = {s.slide_id: s.annotation for s in slides if s.label == TUMOR and s.annotation}
-    masks = MaskSource(annotations, dimensions)
+    masks = MaskSource(annotations, dimensions, groups=m.annotation_groups)
     return evaluate(predictions, masks, {s.slide_id: s.label for s in slides}, mode=mode, scores=scores,
                     seed=seed)

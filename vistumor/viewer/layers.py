@@ -142,7 +142,8 @@ class HeatTiles:
         return _positive(sidecar.get("scale")) or 1.0
 
     def run_scale(self, model: str) -> float:
-        """The largest slide ``scale`` of a model's CAMs (when no sidecar records ``run_scale``)."""
+        """The largest slide ``scale`` of a model's CAMs, for a run whose merge did not record
+        ``run_scale`` (run with ``cam.normalize=slide``, viewed with ``run``)."""
         scales = []
         for slide in self.run.slides:
             try:

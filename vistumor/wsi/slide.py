@@ -193,7 +193,7 @@ class Slide:
                 x0, y0 = int(lx * level_ds), int(ly * level_ds)
                 chunk = self.read_region(x0, y0, level, cw, ch)
                 out[ly // factor : (ly + ch) // factor, lx // factor : (lx + cw) // factor] = (
-                    _block_mean(chunk, factor)
+                    block_mean(chunk, factor)
                 )
         return out, level_ds * factor
 
@@ -213,7 +213,7 @@ class Slide:
         return f"Slide({str(self.path)!r}, {w}x{h}, levels={self.level_count}, mpp={self.mpp})"
 
 
-def _block_mean(image: np.ndarray, factor: int) -> np.ndarray:
+def block_mean(image: np.ndarray, factor: int) -> np.ndarray:
     """Average ``factor x factor`` blocks (exact area downsampling by an integer, halves
     rounded up): OpenCV's area filter takes this integer path, ~100x numpy's mean."""
     if factor == 1:
