@@ -139,7 +139,8 @@ def test_dilation_and_hole_filling_equal_the_scripts_scipy_calls(threshold):
     are exactly the distance of some pixels (1, sqrt 2, 2, sqrt 5, 5: those stay out)."""
     from scipy import ndimage
 
-    from vistumor.evaluate.masks import _fill_holes, _near
+    from vistumor.evaluate.masks import _near
+    from vistumor.tiling.tissue import fill_holes as _fill_holes
 
     rng = np.random.default_rng(int(threshold * 1000))
     for _ in range(5):

@@ -10,6 +10,8 @@ import pytest
 import shapely
 from conftest import tissue_image
 
+from vistumor.errors import VisTumorError
+from vistumor.infer import inputs
 from vistumor.infer.detections import nms_points, slide_score, write_detections
 from vistumor.infer.geometry import SlideGrid, cell_spans, reading_level
 from vistumor.infer.heatmap import ProbabilityMap
@@ -17,6 +19,7 @@ from vistumor.infer.lesions import find_lesions, to_asap_xml, to_geojson, write_
 from vistumor.infer.reader import PatchStream, plan_blocks
 from vistumor.infer.slide_run import grid_pixels
 from vistumor.infer.stitch import CamCanvas, hann
+from vistumor.labels import NORMAL, TUMOR
 from vistumor.wsi.annotations import read_annotations
 from vistumor.wsi.slide import Slide
 
@@ -219,3 +222,27 @@ def test_slides_of_another_scale_are_read_at_the_trained_scale(tiny_tiff):
         grid = plan_grid(slide, {**tiling, "trained_mpp": 1.0}, input_size=32)
         assert grid.size0 == 128 and grid.stride0 == 64  # 64 px at 1.0 um/px = 128 level-0 px at 0.5
         assert plan_grid(slide, {**tiling, "trained_mpp": 0.5}, input_size=32).size0 == 64
+
+
+# -- inputs --------------------------------------------------------------------------------------
+
+
+def test_a_layouts_slides_take_their_labels_from_an_official_headerless_reference(tmp_path):
+    for name in ("test_001.tif", "test_002.tif", "test_003.tif"):
+        (tmp_path / "images").mkdir(exist_ok=True)
+        (tmp_path / "images" / name).write_bytes(b"")
+    (tmp_path / "reference.csv").write_text("Test_001,Tumor,Macro,Primary\ntest_002.tif,Normal\n")
+    layout = {"slides": {"unlabelled": ["images/*.tif"]}, "reference": "reference.csv"}
+    slides = inputs.from_layout(tmp_path, layout)
+    assert [(s.slide_id, s.label) for s in slides] == [("test_001", TUMOR), ("test_002", NORMAL), ("test_003", None)]
+    (tmp_path / "reference.csv").write_text("slide,label\ntest_001,tumor\nTEST_001,normal\n")
+    with pytest.raises(VisTumorError, match=r"reference.csv.*row 3: slide 'TEST_001' is listed twice"):
+        inputs.from_layout(tmp_path, layout)
+
+
+def test_two_slide_files_of_one_name_are_refused(tmp_path):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "tumor_001.tif").write_bytes(b"")
+    with pytest.raises(VisTumorError, match="are both slide 'tumor_001'"):
+        inputs.from_layout(tmp_path, {"slides": {"tumor": ["a/*.tif"], "unlabelled": ["b/*.tif"]}})

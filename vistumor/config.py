@@ -22,3 +22,12 @@ def build(cls, values: Mapping[str, Any], where: str):
 
 def plain(node) -> Any:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def checkpoint_paths(cfg: DictConfig) -> list[str]:
+    """The checkpoints of ``ckpt_path`` (one, or a list to compare models)."""
+    given = None if OmegaConf.is_missing(cfg, "ckpt_path") else cfg.ckpt_path
+    paths = [str(given)] if isinstance(given, str) else [str(p) for p in (given or [])]
+    if not paths:
+        raise ConfigError("give ckpt_path=<checkpoint> (or a list of checkpoints to compare models)")
+    return paths

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from vistumor.errors import VisTumorError
+from vistumor.labels import parse_label
 
 _FAST_BLOCK = 1 << 20  # bytes hashed at each of the sampled offsets
 _FAST_SAMPLES = 16
@@ -107,3 +111,53 @@ def fingerprint(path: str | Path, mode: str = "fast") -> str:
                 f.seek((size - _FAST_BLOCK) * i // (_FAST_SAMPLES - 1))
                 digest.update(f.read(_FAST_BLOCK))
     return "fast-sha256:" + digest.hexdigest()
+
+
+def read_slide_table(path: str | Path, column: str, parse: Callable[[str], Any], expected: str,
+                     extra: tuple[str, ...] = ()) -> list[tuple[int, str, Any, dict[str, str]]]:
+    """The rows of a ``slide,<column>`` CSV (reference labels, scores, patients) as
+    ``(row number, slide, parse(value), {extra column: cell})``, in file order.
+
+    The header is optional when the first row's second cell is already a value (a label or a
+    number: the official ``reference.csv`` has none); extra columns are ignored; blank rows
+    skipped. A row without a slide, a value ``parse`` refuses (None) or a slide listed twice
+    (names match case-insensitively) is an error naming the row (``expected`` says what a row holds).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise VisTumorError("file not found", path)
+    with open(path, newline="") as f:
+        rows = [row for row in csv.reader(f) if any(cell.strip() for cell in row)]
+    if not rows:
+        raise VisTumorError("empty table", path)
+    header = [cell.strip().lower() for cell in rows[0]]
+    if "slide" in header and column in header:
+        columns, numbered = {name: header.index(name) for name in header}, list(enumerate(rows, 1))[1:]
+    elif len(header) >= 2 and (parse_label(header[1]) is not None or _is_number(header[1])):
+        columns, numbered = {name: i for i, name in enumerate(("slide", column))}, list(enumerate(rows, 1))
+    else:
+        raise VisTumorError(f"expected columns slide, {column}; got {rows[0]}", path)
+
+    def cell(row: list[str], name: str) -> str:
+        index = columns.get(name)
+        return row[index].strip() if index is not None and index < len(row) else ""
+
+    found, seen = [], set()
+    for number, row in numbered:
+        slide, raw = cell(row, "slide"), cell(row, column)
+        value = parse(raw) if raw else None
+        if not slide or value is None:
+            raise VisTumorError(f"row {number}: expected {expected}, got {row}", path)
+        if slide.lower() in seen:
+            raise VisTumorError(f"row {number}: slide '{slide}' is listed twice", path)
+        seen.add(slide.lower())
+        found.append((number, slide, value, {name: cell(row, name) for name in extra}))
+    return found
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

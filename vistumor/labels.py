@@ -23,6 +23,13 @@ CLASS_NAMES = ("normal", "tumor")
 CLASSES = {name: label for label, name in enumerate(CLASS_NAMES)}
 #: outcome names, in the order reports list them
 OUTCOMES = ("tp", "fn", "fp", "tn")
+#: label spellings of a slide table: ours, 1/0, and the official reference.csv's Tumor/Normal
+LABEL_SPELLINGS = {**CLASSES, "1": TUMOR, "0": NORMAL}
+
+
+def parse_label(value: object) -> int | None:
+    """``TUMOR``/``NORMAL`` of ``tumor``/``normal``/``1``/``0``/``Tumor``/``Normal``; None otherwise."""
+    return LABEL_SPELLINGS.get(str(value).strip().lower())
 
 
 def predict(prob: Any, threshold: float) -> Any:

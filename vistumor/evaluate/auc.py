@@ -62,6 +62,20 @@ def roc_curve(
     return fpr, tpr, np.r_[np.inf, -thresholds]
 
 
+def youden_threshold(labels: Sequence[int] | np.ndarray, probs: Sequence[float] | np.ndarray) -> float:
+    """The probability threshold maximising Youden's J = TPR - FPR on ``(labels, probs)``
+    (an operating point chosen on validation); the lowest such threshold on ties. One sort
+    (:func:`roc_curve`), not one pass per distinct probability."""
+    truth = is_tumor(np.asarray(labels))
+    positives, negatives = int(truth.sum()), int((~truth).sum())
+    if not positives or not negatives:
+        raise ConfigError(f"an operating point needs both classes, got {positives} tumor and {negatives} normal")
+    fpr, tpr, thresholds = roc_curve(labels, probs)
+    j = (tpr - fpr)[1:]  # without the (0, 0) point of the infinite threshold
+    best = np.flatnonzero(j >= j.max() - 1e-12)[-1]  # thresholds descend: the last is the lowest
+    return float(thresholds[1:][best])
+
+
 def bootstrap_ci(
     values_by_slide: Mapping[str, T] | Sequence[T], statistic: Callable[[list[T]], float],
     n: int = N_BOOTSTRAP, seed: int = 0, confidence: float = CONFIDENCE,

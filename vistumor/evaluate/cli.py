@@ -41,9 +41,7 @@ from vistumor.evaluate.stage_evaluation import Staging, StagingInput, evaluate_s
 from vistumor.evaluate.staging import read_patients
 from vistumor.evaluate.staging_report import write_staging_report
 from vistumor.labels import is_tumor
-from vistumor.wsi.slide import Slide
-
-SLIDE_SUFFIXES = (".tif", ".tiff", ".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide")
+from vistumor.wsi.slide import SLIDE_SUFFIXES, Slide
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,9 +19,9 @@ import numpy as np
 from vistumor.errors import AnnotationError, ConfigError, VisTumorError
 from vistumor.evaluate.auc import N_BOOTSTRAP, auc_ci, roc_auc, roc_curve
 from vistumor.evaluate.froc import FP_RATES, OFFICIAL, FrocCurve, SlideHits, froc_ci, froc_curve, slide_hits
-from vistumor.evaluate.io import ReferenceSlide, parse_label
+from vistumor.evaluate.io import ReferenceSlide
 from vistumor.evaluate.masks import EvaluationMask
-from vistumor.labels import is_tumor, name
+from vistumor.labels import is_tumor, name, parse_label
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,6 @@ tables are keyed by the lower-case name and keep the name as the reference spell
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,10 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from vistumor.errors import VisTumorError
-from vistumor.labels import CLASSES, NORMAL, TUMOR
+from vistumor.files import read_slide_table
+from vistumor.labels import parse_label
 
-#: label spellings of a reference table: ours, 1/0, and the official reference.csv's Tumor/Normal
-LABELS = {**CLASSES, "1": TUMOR, "0": NORMAL}
 ANNOTATION_SUFFIXES = (".xml", ".geojson", ".json", ".tif", ".tiff")
 #: predicted lesion files, in order of preference when a slide has several (infer.py writes both
 #: ``<slide>.geojson`` and ``<slide>.xml``)
@@ -32,11 +30,6 @@ class ReferenceSlide:
     slide: str
     label: int
     dimensions: tuple[int, int] | None = None
-
-
-def parse_label(value: object) -> int | None:
-    """``TUMOR``/``NORMAL`` of ``tumor``/``normal``/``1``/``0``/``Tumor``/``Normal``; None otherwise."""
-    return LABELS.get(str(value).strip().lower())
 
 
 def read_detections(path: str | Path) -> np.ndarray:
@@ -104,59 +97,17 @@ def lesion_files(folder: str | Path) -> dict[str, Path]:
     return found
 
 
-def _rows(path: Path) -> list[list[str]]:
-    if not path.is_file():
-        raise VisTumorError("file not found", path)
-    with open(path, newline="") as f:
-        return [row for row in csv.reader(f) if any(cell.strip() for cell in row)]
-
-
-def _columns(path: Path, rows: list[list[str]], needed: tuple[str, ...]) -> tuple[dict[str, int], list]:
-    """Column indices and numbered data rows: a header naming ``needed``, or (for the
-    official ``reference.csv``) none, when the first row's second cell is already a value."""
-    if not rows:
-        raise VisTumorError("empty table", path)
-    header = [cell.strip().lower() for cell in rows[0]]
-    if all(name in header for name in needed):
-        return {name: header.index(name) for name in header}, list(enumerate(rows, 1))[1:]
-    if len(header) >= 2 and (parse_label(header[1]) is not None or _is_number(header[1])):
-        return {name: i for i, name in enumerate(needed)}, list(enumerate(rows, 1))
-    raise VisTumorError(f"expected columns {', '.join(needed)}; got {rows[0]}", path)
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
 def read_reference(path: str | Path) -> list[ReferenceSlide]:
     """The reference table: ``slide,label[,width,height]`` (header optional, extra columns
     ignored: the official ``reference.csv`` works as it is)."""
     path = Path(path)
-    columns, rows = _columns(path, _rows(path), ("slide", "label"))
-    slides, seen = [], set()
-    for number, row in rows:
-        name, raw = _cell(row, columns["slide"]), _cell(row, columns["label"])
-        label = parse_label(raw)
-        if not name or label is None:
-            raise VisTumorError(f"row {number}: expected a slide and a label (tumor/normal/1/0), not {row}",
-                                path)
-        if name.lower() in seen:
-            raise VisTumorError(f"row {number}: slide '{name}' is listed twice", path)
-        seen.add(name.lower())
-        slides.append(ReferenceSlide(name, label, _dimensions(path, number, row, columns)))
-    return slides
+    rows = read_slide_table(path, "label", parse_label, "a slide and a label (tumor/normal/1/0)",
+                            extra=("width", "height"))
+    return [ReferenceSlide(name, label, _dimensions(path, number, cells["width"], cells["height"]))
+            for number, name, label, cells in rows]
 
 
-def _cell(row: list[str], index: int | None) -> str:
-    return row[index].strip() if index is not None and index < len(row) else ""
-
-
-def _dimensions(path: Path, number: int, row: list[str], columns: dict[str, int]) -> tuple[int, int] | None:
-    width, height = _cell(row, columns.get("width")), _cell(row, columns.get("height"))
+def _dimensions(path: Path, number: int, width: str, height: str) -> tuple[int, int] | None:
     if not width and not height:
         return None
     try:
@@ -172,18 +123,13 @@ def _dimensions(path: Path, number: int, row: list[str], columns: dict[str, int]
 
 def read_scores(path: str | Path) -> dict[str, float]:
     """Slide scores for the AUC: ``slide,score`` (header optional), by lower-case slide name."""
-    path = Path(path)
-    columns, rows = _columns(path, _rows(path), ("slide", "score"))
-    scores: dict[str, float] = {}
-    for number, row in rows:
-        name, raw = _cell(row, columns["slide"]), _cell(row, columns["score"])
-        try:
-            value = float(raw)
-        except ValueError:
-            value = float("nan")
-        if not name or not np.isfinite(value):
-            raise VisTumorError(f"row {number}: expected a slide and a finite score, got {row}", path)
-        if name.lower() in scores:
-            raise VisTumorError(f"row {number}: slide '{name}' is listed twice", path)
-        scores[name.lower()] = value
-    return scores
+    rows = read_slide_table(path, "score", _finite, "a slide and a finite score")
+    return {name.lower(): score for _, name, score, _ in rows}
+
+
+def _finite(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if np.isfinite(value) else None

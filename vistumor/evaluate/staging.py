@@ -21,7 +21,7 @@ import shapely
 from shapely.geometry.base import BaseGeometry
 
 from vistumor.errors import VisTumorError
-from vistumor.evaluate.io import _cell, _columns, _rows
+from vistumor.files import read_slide_table
 
 #: a slide's category (CAMELYON17's ``stage_labels.csv`` uses the same four names)
 NEGATIVE, ITC, MICRO, MACRO = "negative", "itc", "micro", "macro"
@@ -130,17 +130,8 @@ def patients_from_names(slides: Iterable[str]) -> dict[str, str]:
 
 def read_patients(path: str | Path) -> dict[str, str]:
     """A ``slide,patient`` table (header optional when patients are numbers), by lower-case slide."""
-    path = Path(path)
-    columns, rows = _columns(path, _rows(path), ("slide", "patient"))
-    patients: dict[str, str] = {}
-    for number, row in rows:
-        slide, patient = _cell(row, columns["slide"]), _cell(row, columns["patient"])
-        if not slide or not patient:
-            raise VisTumorError(f"row {number}: expected a slide and a patient, got {row}", path)
-        if slide.lower() in patients:
-            raise VisTumorError(f"row {number}: slide '{slide}' is listed twice", path)
-        patients[slide.lower()] = patient
-    return patients
+    rows = read_slide_table(path, "patient", str, "a slide and a patient")
+    return {slide.lower(): patient for _, slide, patient, _ in rows}
 
 
 def group_patients(slides: Iterable[str], patients: Mapping[str, str] | None = None) -> dict[str, list[str]]:

@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 
 from vistumor.config import build
-from vistumor.tiling.grid import GridSpec, box_fractions, grid_coordinates, keep_tissue
+from vistumor.tiling.grid import GridSpec
 from vistumor.tiling.params import GridParams
-from vistumor.tiling.slide_grid import grid_spec
-from vistumor.tiling.tissue import TissueParams, tissue_mask
+from vistumor.tiling.slide_grid import grid_spec, tissue_grid
+from vistumor.tiling.tissue import TissueParams
 from vistumor.wsi.slide import Slide
 
 log = logging.getLogger(__name__)
@@ -88,19 +88,15 @@ def plan_grid(
     spec = grid_spec(slide, grid)
     stride0 = (stride if stride else grid.patch_size / 2) * spec.size0 / grid.patch_size
     spec = GridSpec(spec.level, spec.read_size, spec.size0, stride0)
-    width0, height0 = slide.dimensions
-    thumb, thumb_ds = slide.thumbnail(min(tissue_params.downsample, spec.size0 / 8))
-    tissue = tissue_mask(thumb, tissue_params)
-    x0, y0 = grid_coordinates(width0, height0, spec)
-    fraction = box_fractions(tissue, thumb_ds, x0, y0, spec.size0)
     min_tissue = grid.min_tissue_fraction if min_tissue_fraction is None else min_tissue_fraction
-    keep = keep_tissue(fraction, min_tissue)
+    found = tissue_grid(slide, spec, tissue_params, min_tissue)
     level = reading_level(slide, spec.size0, input_size) if read_level == "auto" else int(read_level)
     downsample = slide.level_downsamples[level]
+    width0, height0 = slide.dimensions
     return SlideGrid(
-        width0=width0, height0=height0, size0=spec.size0, stride0=stride0, x0=x0[keep], y0=y0[keep],
+        width0=width0, height0=height0, size0=spec.size0, stride0=stride0, x0=found.x0, y0=found.y0,
         read_level=level, read_downsample=downsample, read_size=int(round(spec.size0 / downsample)),
-        mpp=slide.mpp, thumbnail=thumb, thumb_downsample=thumb_ds, tissue=tissue,
+        mpp=slide.mpp, thumbnail=found.thumbnail, thumb_downsample=found.downsample, tissue=found.mask,
     )
 
 

@@ -7,16 +7,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
-
 from vistumor.errors import ConfigError
-from vistumor.labels import CLASSES, NORMAL, TUMOR
+from vistumor.files import read_slide_table
+from vistumor.labels import CLASSES, parse_label
 from vistumor.tiling.catalog import ANNOTATION_SUFFIXES
 from vistumor.tiling.manifest import load_manifest
+from vistumor.wsi.slide import SLIDE_SUFFIXES
 
-#: file suffixes OpenSlide reads (a folder is searched for these)
-SLIDE_SUFFIXES = (".tif", ".tiff", ".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide",
-                  ".dcm")
 SPLITS = ("train", "val", "test")
 
 
@@ -60,6 +57,9 @@ def from_layout(root: str | Path, layout: Mapping) -> list[SlideInput]:
         for pattern in [patterns] if isinstance(patterns, str) else patterns:
             for path in sorted(root.glob(pattern)):
                 if path.is_file() and not path.name.startswith("."):
+                    other = found.get(path.stem)
+                    if other is not None and other.path != path:
+                        raise ConfigError(f"{other.path} and {path} are both slide '{path.stem}'", root)
                     annotation = _annotation(ann_dir, path.stem)
                     found[path.stem] = SlideInput(path.stem, path, CLASSES.get(kind), annotation)
     reference = layout.get("reference")
@@ -86,21 +86,9 @@ def from_files(paths: Sequence[str | Path], annotations: str | Path | None = Non
 
 def with_reference(slides: list[SlideInput], reference: str | Path) -> list[SlideInput]:
     """Labels from a CSV with ``slide,label`` (``tumor``/``normal``, ``Tumor``/``Normal`` or 1/0;
-    slide names matched case-insensitively)."""
-    path = Path(reference)
-    if not path.is_file():
-        raise ConfigError("reference CSV not found", path)
-    table = pd.read_csv(path, dtype=str)
-    table.columns = [c.strip().lower() for c in table.columns]
-    if not {"slide", "label"} <= set(table.columns):
-        table = pd.read_csv(path, dtype=str, header=None).iloc[:, :2]  # the official: no header
-        table.columns = ["slide", "label"]
-    labels = {}
-    for slide, label in zip(table["slide"], table["label"], strict=True):
-        value = str(label).strip().lower()
-        if value not in ("tumor", "normal", "1", "0"):
-            raise ConfigError(f"label {label!r} of slide {slide!r} is not tumor/normal/1/0", path)
-        labels[Path(str(slide).strip()).stem.lower()] = TUMOR if value in ("tumor", "1") else NORMAL
+    header optional; slide names, with or without their file suffix, matched case-insensitively)."""
+    rows = read_slide_table(reference, "label", parse_label, "a slide and a label (tumor/normal/1/0)")
+    labels = {Path(slide).stem.lower(): label for _, slide, label, _ in rows}
     return [SlideInput(s.slide_id, s.path, labels.get(s.slide_id.lower(), s.label), s.annotation)
             for s in slides]
 

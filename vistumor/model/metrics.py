@@ -6,14 +6,12 @@ AUROC from torchmetrics. Tumor is the positive class (:mod:`vistumor.labels`).
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 from torchmetrics import Metric
 from torchmetrics.classification import BinaryAUROC
 
-from vistumor.errors import ConfigError
-from vistumor.labels import confusion_counts, is_tumor, predict
+from vistumor.labels import confusion_counts, predict
 
 #: Metric names, in report order. ``recall`` is sensitivity; ``fpr = 1 - specificity``.
 NAMES = ("acc", "fpr", "fnr", "recall", "specificity", "precision", "f1", "auroc")
@@ -87,19 +85,3 @@ class StageMetrics(nn.Module):
     def reset(self) -> None:
         self.confusion.reset()
         self.auroc.reset()
-
-
-def youden_threshold(labels, probs) -> float:
-    """The probability threshold maximising Youden's J = TPR - FPR on ``(labels, probs)``
-    (an operating point chosen on validation); the lowest such threshold on ties."""
-    labels, probs = np.asarray(labels), np.asarray(probs, np.float64)
-    positives, negatives = int(is_tumor(labels).sum()), int((~is_tumor(labels)).sum())
-    if not positives or not negatives:
-        raise ConfigError(f"an operating point needs both classes, got {positives} tumor and {negatives} normal")
-    best, best_j = 0.5, -np.inf
-    for threshold in np.unique(probs):
-        counts = confusion_counts(labels, predict(probs, threshold))
-        j = counts["tp"] / positives - counts["fp"] / negatives
-        if j > best_j + 1e-12:
-            best, best_j = float(threshold), j
-    return best

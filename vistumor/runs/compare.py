@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 
 from vistumor.explain import localization
 from vistumor.files import write_text
+from vistumor.labels import CLASSES
 from vistumor.model import metrics
 from vistumor.runs import intervals
 from vistumor.tiling.jobs import DONE
@@ -83,8 +84,8 @@ def enrich(row: dict, folder: Path) -> dict:
     run = Path(row["run_dir"])
     predictions = run / "predictions.csv"
     if predictions.is_file():
-        row.update({k: v for k, v in intervals.patch_intervals(predictions).items() if k not in row})
-        row["_slides"] = intervals.slides_of(pd.read_csv(predictions, dtype={"slide_id": str}))
+        row["_slides"] = intervals.read_slides(predictions)
+        row.update({k: v for k, v in intervals.patch_intervals(row["_slides"]).items() if k not in row})
     for evaluation in slide_evaluations(folder, run):
         row.update(evaluation)
     return row
@@ -107,7 +108,7 @@ def slide_evaluations(folder: Path, run: Path) -> list[dict]:
         scores = scores[scores["status"] == DONE].dropna(subset=["label"])
         found.append({"test/slide_auc": data["auc"], f"test/slide_auc{CI}": data["auc_ci95"],
                       "test/froc": data["froc"], f"test/froc{CI}": data.get("froc_ci95"),
-                      "_slide_scores": {s: (int(lab == "tumor"), float(v)) for s, lab, v in
+                      "_slide_scores": {s: (CLASSES[lab], float(v)) for s, lab, v in
                                         zip(scores["slide"], scores["label"], scores["score"], strict=True)}})
     return found
 

@@ -47,10 +47,16 @@ def patch_metric(name: str, threshold: float = 0.5) -> Callable[[list], float]:
     return statistic
 
 
-def patch_intervals(predictions_csv: str | Path, threshold: float = 0.5, n: int = N_RESAMPLES,
+def read_slides(predictions_csv: str | Path) -> Slides:
+    """:func:`slides_of` a ``predictions.csv``."""
+    return slides_of(pd.read_csv(predictions_csv, dtype={"slide_id": str}))
+
+
+def patch_intervals(predictions: str | Path | Slides, threshold: float = 0.5, n: int = N_RESAMPLES,
                     seed: int = 0) -> dict[str, list[float]]:
-    """``test/<metric>_ci95`` of every :data:`PATCH_METRICS` entry, resampling slides."""
-    slides = slides_of(pd.read_csv(predictions_csv, dtype={"slide_id": str}))
+    """``test/<metric>_ci95`` of every :data:`PATCH_METRICS` entry, resampling slides
+    (``predictions``: a ``predictions.csv`` or its :func:`slides_of`)."""
+    slides = predictions if isinstance(predictions, dict) else read_slides(predictions)
     return {f"test/{m}_ci95": [round(v, 6) for v in bootstrap_ci(slides, patch_metric(m, threshold), n, seed)]
             for m in PATCH_METRICS}
 

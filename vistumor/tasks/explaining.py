@@ -16,11 +16,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from vistumor.config import plain
+from vistumor.config import checkpoint_paths, plain
 from vistumor.data.images import ImagePatchDataset, image_samples
-from vistumor.data.patches import PatchDataset, read_items
+from vistumor.data.patches import read_items
+from vistumor.data.sources import ManifestSource
 from vistumor.errors import ConfigError
 from vistumor.explain import localization, report, selection
 from vistumor.explain.layers import find_target_layer, network
@@ -31,7 +32,6 @@ from vistumor.labels import OUTCOMES, TUMOR
 from vistumor.model.checkpoints import load_classifier
 from vistumor.model.devices import inference_device
 from vistumor.model.inference import tumor_probability
-from vistumor.tiling.manifest import load_manifest
 
 log = logging.getLogger(__name__)
 
@@ -85,12 +85,8 @@ def explain(cfg: DictConfig) -> dict[str, Any]:
 def load_models(cfg: DictConfig, methods: list[str]) -> list:
     """The checkpoints of ``ckpt_path`` (one or a list) on the configured device; a named
     target layer is checked before any patch is read."""
-    given = None if OmegaConf.is_missing(cfg, "ckpt_path") else cfg.ckpt_path
-    paths = [given] if isinstance(given, str) else list(given or [])
-    if not paths:
-        raise ConfigError("give ckpt_path=<checkpoint> (or a list to compare models)")
     device = inference_device(cfg.device)
-    models = [load_classifier(p, device) for p in paths]
+    models = [load_classifier(p, device) for p in checkpoint_paths(cfg)]
     if cfg.target_layer is not None and any(m in CAM_METHODS for m in methods):
         for model in models:
             find_target_layer(network(model), cfg.target_layer)
@@ -130,15 +126,11 @@ def patch_datasets(cfg: DictConfig, models: list) -> dict[int, Any]:
             or cfg.data.datamodule.source.get("manifest_path"))
     if not path:
         raise ConfigError("no manifest to explain on: set select.manifest or select.patch_source")
-    manifest = load_manifest(path)
-    manifest.verify_slides()
-    table = manifest.split(cfg.select.split)
-    if table.empty:
-        raise ConfigError(f"empty selection: split '{cfg.select.split}' has no patches", manifest.path)
-    groups = plain(cfg.data.annotation_groups)
-    return {size: PatchDataset(table, size, None, manifest.annotations, groups, cfg.data.get("mpp"),
-                               mpp_override=cfg.data.get("mpp_override", "missing"))
-            for size in sizes}
+    manifest = ManifestSource(path, annotation_groups=plain(cfg.data.annotation_groups), mpp=cfg.data.get("mpp"),
+                              mpp_override=cfg.data.get("mpp_override", "missing"))
+    if manifest.manifest.split(cfg.select.split).empty:
+        raise ConfigError(f"empty selection: split '{cfg.select.split}' has no patches", path)
+    return {size: manifest.dataset(cfg.select.split, size, None, with_masks=True) for size in sizes}
 
 
 def choose_shown(sel: DictConfig, patches: Patches, prob: np.ndarray, threshold: float) -> list[int]:

@@ -8,9 +8,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from vistumor.config import build, plain
+from vistumor.config import build, checkpoint_paths, plain
 from vistumor.errors import ConfigError
 from vistumor.explain.report import unique_names
 from vistumor.files import write_json
@@ -33,7 +33,7 @@ from vistumor.model.devices import inference_device
 from vistumor.tasks.slide_evaluation import evaluate_run
 from vistumor.tasks.tiling import ensure_dataset
 from vistumor.tiling.catalog import shard
-from vistumor.tiling.jobs import OUTCOMES
+from vistumor.tiling.jobs import ENDINGS
 from vistumor.tiling.manifest import load_manifest
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ def run_models(models: list[ModelRun], items: list[inputs.SlideInput], params: I
     records = None
     if run.stage in ("all", "infer"):
         records = run_slides(mine, models, params, out, run.progress)
-        for state in OUTCOMES:
+        for state in ENDINGS:
             summary[state] = sum(r["status"] == state for r in records)
     if run.stage == "merge" or (run.stage == "all" and run.num_shards == 1):
         tables = merge(items, models, out, records, run_scale=params.cam.normalize == "run")
@@ -90,14 +90,6 @@ def infer_params(cfg: DictConfig) -> InferParams:
         ("detections", DetectionSettings), ("score", ScoreSettings))}
     return InferParams(**groups, batch_size=int(cfg.batch_size), precision=str(cfg.precision),
                        mpp=cfg.data.get("mpp"), mpp_override=cfg.data.get("mpp_override", "missing"))
-
-
-def checkpoint_paths(cfg: DictConfig) -> list[str]:
-    given = None if OmegaConf.is_missing(cfg, "ckpt_path") else cfg.ckpt_path
-    paths = [given] if isinstance(given, str) else [str(p) for p in (given or [])]
-    if not paths:
-        raise ConfigError("give ckpt_path=<checkpoint> (or a list of checkpoints)")
-    return paths
 
 
 def load_models(paths: list[str], device, out: Path, params: InferParams) -> list[ModelRun]:

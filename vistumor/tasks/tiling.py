@@ -12,7 +12,7 @@ from vistumor import synthetic
 from vistumor.config import build, plain
 from vistumor.errors import ConfigError
 from vistumor.tiling import catalog
-from vistumor.tiling.jobs import OUTCOMES, RunParams, run_slides
+from vistumor.tiling.jobs import ENDINGS, RunParams, run_slides
 from vistumor.tiling.merge import manifest_spec, merge, write_status_table
 from vistumor.tiling.params import GridParams, LabelParams, TilingParams
 from vistumor.tiling.sampling import SamplingParams, SplitParams
@@ -98,7 +98,7 @@ def tile(cfg: DictConfig) -> dict:
     if run.stage in ("all", "tile"):
         log.info("tiling %d slide(s) into %s with %d worker(s)", len(mine), store_dir, run.workers)
         statuses = run_slides(mine, params, store_dir, run)
-        for name in OUTCOMES:
+        for name in ENDINGS:
             summary[name] = sum(s["status"] == name for s in statuses)
         name = "status.csv" if run.num_shards == 1 else f"status.shard{run.shard_index}of{run.num_shards}.csv"
         summary["status_csv"] = str(write_status_table(out_dir, statuses, name))

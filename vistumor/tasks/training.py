@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from vistumor.config import plain
 from vistumor.data.datamodule import PatchDataModule
 from vistumor.errors import BadPatchError, ConfigError, VisTumorError
+from vistumor.evaluate.auc import youden_threshold
 from vistumor.files import atomic_path, write_json
 from vistumor.labels import confusion_counts, predict
 from vistumor.model import devices, metrics
@@ -237,7 +238,7 @@ def operating_point(trainer: L.Trainer, model: PatchClassifier, dm: PatchDataMod
         return None
     probs = torch.cat([b["prob"] for b in batches]).numpy()
     labels = torch.cat([b["label"] for b in batches]).numpy()
-    return metrics.youden_threshold(labels, probs)
+    return youden_threshold(labels, probs)
 
 
 def save_last(trainer: L.Trainer, out: Path) -> Path:

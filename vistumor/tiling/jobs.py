@@ -32,7 +32,7 @@ from vistumor.tiling.verify import verify_tiles
 log = logging.getLogger(__name__)
 
 DONE, SKIPPED, FAILED, PENDING = "done", "skipped", "failed", "pending"
-OUTCOMES = (DONE, SKIPPED, FAILED)  # what a slide of a batch ends as
+ENDINGS = (DONE, SKIPPED, FAILED)  # what a slide of a batch ends as
 CHECKSUMS = ("fast", "full")
 STAGES = ("all", "tile", "merge")
 

@@ -8,6 +8,7 @@ patches (e.g. another slide's XML, or coordinates at another level).
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -19,7 +20,7 @@ from vistumor.tiling import qc
 from vistumor.tiling.catalog import ANNOTATION_SUFFIXES, SlideRecord
 from vistumor.tiling.grid import GridSpec, box_fractions, grid_coordinates, keep_tissue, label_tiles
 from vistumor.tiling.params import GridParams, TilingParams
-from vistumor.tiling.tissue import tissue_mask
+from vistumor.tiling.tissue import TissueParams, tissue_mask
 from vistumor.wsi.annotations import TumorAnnotation, read_annotations
 from vistumor.wsi.slide import Slide
 
@@ -48,6 +49,31 @@ def grid_spec(slide: Slide, grid: GridParams) -> GridSpec:
     )
 
 
+@dataclass
+class TissueGrid:
+    """The patches of a grid with enough tissue: the tissue mask (and the thumbnail it was
+    found on, ``downsample`` level-0 px per pixel), the kept corners and their tissue fractions."""
+
+    thumbnail: np.ndarray
+    downsample: float
+    mask: np.ndarray
+    x0: np.ndarray
+    y0: np.ndarray
+    fraction: np.ndarray
+    n_grid: int  # grid positions before the tissue filter
+
+
+def tissue_grid(slide: Slide, spec: GridSpec, tissue: TissueParams, min_fraction: float) -> TissueGrid:
+    """The grid ``spec`` over ``slide``, kept where a patch holds ``min_fraction`` tissue (the
+    mask at a pixel of at most an eighth of a patch)."""
+    thumb, downsample = slide.thumbnail(min(tissue.downsample, spec.size0 / 8))
+    mask = tissue_mask(thumb, tissue)
+    x0, y0 = grid_coordinates(*slide.dimensions, spec)
+    fraction = box_fractions(mask, downsample, x0, y0, spec.size0)
+    keep = keep_tissue(fraction, min_fraction)
+    return TissueGrid(thumb, downsample, mask, x0[keep], y0[keep], fraction[keep], int(keep.size))
+
+
 def tile_slide(record: SlideRecord, params: TilingParams) -> tuple[pd.DataFrame, dict, np.ndarray]:
     """Tissue tiles of one slide with their fractions and labels, facts, and a QC image."""
     with Slide(record.path, params.mpp, params.mpp_override) as slide:
@@ -58,16 +84,12 @@ def tile_slide(record: SlideRecord, params: TilingParams) -> tuple[pd.DataFrame,
                 f"slide ({width0}x{height0} px) is smaller than one patch "
                 f"({spec.size0:.0f} level-0 px)", record.path,
             )
-        thumb, mask_ds = slide.thumbnail(min(params.tissue.downsample, spec.size0 / 8))
+        found = tissue_grid(slide, spec, params.tissue, params.grid.min_tissue_fraction)
         mpp = slide.mpp
-    tissue = tissue_mask(thumb, params.tissue)
-    if not tissue.any():
+    if not found.mask.any():
         raise SlideError("no tissue found (check tiling.tissue.min_saturation)", record.path)
     annotation = load_annotation(record, params)
-    x0, y0 = grid_coordinates(width0, height0, spec)
-    tissue_fraction = box_fractions(tissue, mask_ds, x0, y0, spec.size0)
-    keep = keep_tissue(tissue_fraction, params.grid.min_tissue_fraction)
-    x0, y0, tissue_fraction = x0[keep], y0[keep], tissue_fraction[keep]
+    x0, y0, tissue_fraction = found.x0, found.y0, found.fraction
     tumor_fraction = annotation.tumor_fractions(x0, y0, spec.size0, spec.size0)
     if record.kind == CLASS_NAMES[TUMOR]:
         check_placement(record, annotation, (width0, height0), tumor_fraction)
@@ -80,12 +102,12 @@ def tile_slide(record: SlideRecord, params: TilingParams) -> tuple[pd.DataFrame,
     })
     facts = {
         "width0": width0, "height0": height0, "mpp": mpp, "level": spec.level,
-        "read_size": spec.read_size, "size0": spec.size0, "n_grid": int(keep.size),
-        "n_tissue": int(keep.sum()), "n_tumor": int((labels == TUMOR).sum()),
+        "read_size": spec.read_size, "size0": spec.size0, "n_grid": found.n_grid,
+        "n_tissue": len(x0), "n_tumor": int((labels == TUMOR).sum()),
         "n_normal": int((labels == NORMAL).sum()), "n_ambiguous": int((labels == AMBIGUOUS).sum()),
-        "tissue_share": round(float(tissue.mean()), 4),
+        "tissue_share": round(float(found.mask.mean()), 4),
     }
-    picture = qc.draw_qc(thumb, mask_ds, tissue, annotation, x0, y0, labels, spec.size0)
+    picture = qc.draw_qc(found.thumbnail, found.downsample, found.mask, annotation, x0, y0, labels, spec.size0)
     return table, facts, picture
 
 

@@ -19,6 +19,9 @@ from vistumor.errors import ConfigError, SlideError
 
 log = logging.getLogger(__name__)
 
+#: file suffixes OpenSlide reads (a folder is searched for these)
+SLIDE_SUFFIXES = (".tif", ".tiff", ".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide",
+                  ".dcm")
 #: when ``data.mpp`` applies: to slides that lack the property (default), or to all
 MPP_OVERRIDES = ("missing", "all")
 # Largest region read in one call when building a thumbnail: bounded memory on any slide.
