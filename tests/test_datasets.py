@@ -198,6 +198,8 @@ def test_patch_csv(tmp_path):
     assert dataset.labels.tolist() == [0, 1]
     assert dataset[0]["has_mask"] is False and dataset[1]["has_mask"] is True
     assert dataset[1]["mask"].all() and dataset[1]["image"].max() == 60
+    unmasked = ImagePatchDataset(image_samples(csv), 8, with_masks=False)  # training: labels only
+    assert "mask" not in unmasked[1] and unmasked[1]["image"].max() == 60
     csv.write_text("path,label\nimgs/a.png,2\n")
     with pytest.raises(ConfigError, match=r"labels must be 0 \(normal\) or 1 \(tumor\), found \[2\]"):
         image_samples(csv)

@@ -76,6 +76,7 @@ def test_infer_cli_end_to_end(trained, tmp_path):
     (("ckpt_path=/nowhere/x.ckpt",), "checkpoint not found"),
     (("slides=/nowhere",), "slide file or folder not found"),
     (("score.method=median",), "infer.score.method must be one of"),
+    (("data.mpp_override=sometimes",), "data.mpp_override must be one of"),
 ])
 def test_bad_input_is_one_line_before_any_slide_is_read(trained, tmp_path, overrides, message):
     with pytest.raises(ConfigError, match=message):

@@ -89,6 +89,19 @@ def test_an_unreadable_patch_while_caching_features_is_one_line(tiled, tmp_path)
     assert row["slide_id"] in str(err.value) and "\n" not in str(err.value)
 
 
+def test_a_resume_that_fails_before_restoring_keeps_its_last_checkpoint(tiled, tmp_path):
+    copy, _ = damaged_copy(tiled, tmp_path / "copy")
+    training.train(compose_train(tmp_path, copy.data.root, "data.on_bad_patch=skip", "test=false",
+                                 tiles_dir=copy.tiles_dir))
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    before = last.read_bytes()
+    cfg = compose_train(tmp_path, copy.data.root, "callbacks=feature_cache", f"ckpt_path={last}",
+                        tiles_dir=copy.tiles_dir)
+    with pytest.raises(BadPatchError, match="while caching trunk features"):
+        training.train(cfg)
+    assert last.read_bytes() == before  # not replaced by a step-0 state
+
+
 def write_png(path, rgb) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(rgb).save(path)

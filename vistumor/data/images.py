@@ -26,6 +26,7 @@ class ImagePatchDataset(PatchItems):
     Args:
         samples: rows of ``path, label[, mask_path]``.
         image_size: output edge in pixels (images are resized when they differ).
+        with_masks: load the masks (off for training, where only labels are used).
     """
 
     def __init__(
@@ -33,12 +34,13 @@ class ImagePatchDataset(PatchItems):
         samples: pd.DataFrame,
         image_size: int,
         transform: A.Compose | None = None,
+        with_masks: bool = True,
     ):
         self.paths = samples["path"].astype(str).to_numpy()
         self.labels = samples["label"].to_numpy(np.int64)
         masks = samples["mask_path"] if "mask_path" in samples else pd.Series([None] * len(samples))
         self.mask_paths = [m if isinstance(m, str) and m else None for m in masks]
-        self.with_masks = any(m is not None for m in self.mask_paths)
+        self.with_masks = with_masks and any(m is not None for m in self.mask_paths)
         self.image_size = int(image_size)
         self.state = PerProcess(transform)
 
@@ -47,7 +49,7 @@ class ImagePatchDataset(PatchItems):
         rgb = resize_patch(load_image(self.paths[index], "RGB"), self.image_size)
         mask_path = self.mask_paths[index]
         mask = None
-        if mask_path is not None:
+        if mask_path is not None and self.with_masks:
             mask = load_image(mask_path, "L")
             mask = (cv2.resize(mask, (self.image_size,) * 2, interpolation=cv2.INTER_NEAREST) > 0)
             mask = mask.astype(np.uint8)

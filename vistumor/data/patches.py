@@ -105,7 +105,6 @@ class PatchDataset(PatchItems):
         transform: augmentation applied to image and mask together.
         annotations: slide_id -> annotation file, for tumor masks.
         annotation_groups: group mapping for those files.
-        mpp, mpp_override: microns per pixel for slides that lack it (see :class:`Slide`).
         with_masks: rasterise tumor masks (off for training, where only labels are used).
     """
 
@@ -116,9 +115,7 @@ class PatchDataset(PatchItems):
         transform: A.Compose | None = None,
         annotations: Mapping[str, str] | None = None,
         annotation_groups: Mapping[str, str] | None = None,
-        mpp: float | None = None,
         with_masks: bool = True,
-        mpp_override: str = "missing",
     ):
         self.image_size = int(image_size)
         self.with_masks = with_masks
@@ -134,7 +131,6 @@ class PatchDataset(PatchItems):
         self.tumor_fraction = table["tumor_fraction"].to_numpy(np.float64)
         self.annotation_files = {k: v for k, v in (annotations or {}).items() if v}
         self.annotation_groups = dict(annotation_groups) if annotation_groups else None
-        self.mpp, self.mpp_override = mpp, mpp_override
         self.state = PerProcess(transform)
 
     def read(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -143,7 +139,7 @@ class PatchDataset(PatchItems):
         path = self.slide_path[index]
         slide = self.state.slides.get(path)
         if slide is None:
-            slide = self.state.slides[path] = Slide(path, self.mpp, self.mpp_override)
+            slide = self.state.slides[path] = Slide(path)  # read by level: no µm/px needed
         size = self.read_size[index]
         try:
             rgb = slide.read_region(self.x0[index], self.y0[index], self.level[index], size, size)

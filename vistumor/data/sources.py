@@ -40,19 +40,17 @@ class ManifestSource(PatchSource):
         spec: what the manifest must have been made with (tiling, sampling, split, seed);
             None = whatever it was made with.
         verify_slides: check every slide and annotation exists unchanged since tiling.
-        annotation_groups, mpp, mpp_override: as in tiling, for reading masks and slides.
+        annotation_groups: as in tiling, for reading masks (patches are read by level).
     """
 
     def __init__(
         self, manifest_path: str, spec: Mapping[str, Any] | None = None, verify_slides: bool = True,
-        annotation_groups: Mapping[str, str] | None = None, mpp: float | None = None,
-        mpp_override: str = "missing",
+        annotation_groups: Mapping[str, str] | None = None,
     ):
         self.manifest_path = str(manifest_path)
         self.spec = spec
         self.verify = verify_slides
         self.annotation_groups = annotation_groups
-        self.mpp, self.mpp_override = mpp, mpp_override
         self._manifest: Manifest | None = None
 
     @property
@@ -70,8 +68,7 @@ class ManifestSource(PatchSource):
     def dataset(self, split: str, image_size: int, transform: A.Compose | None, with_masks: bool) -> Dataset:
         manifest = self.manifest
         return PatchDataset(manifest.split(split), image_size, transform, manifest.annotations,
-                            self.annotation_groups, self.mpp, with_masks=with_masks,
-                            mpp_override=self.mpp_override)
+                            self.annotation_groups, with_masks=with_masks)
 
     def where(self, split: str) -> str:
         return self.manifest_path
@@ -92,7 +89,7 @@ class ImageFolderSource(PatchSource):
     def dataset(self, split: str, image_size: int, transform: A.Compose | None, with_masks: bool) -> Dataset:
         samples = image_samples(self.where(split), self.classes)
         check_images(samples, self.where(split))  # every file's header and size, up front
-        return ImagePatchDataset(samples, image_size, transform)
+        return ImagePatchDataset(samples, image_size, transform, with_masks)
 
     def where(self, split: str) -> str:
         if split not in self.splits:

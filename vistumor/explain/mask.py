@@ -11,6 +11,7 @@ import torch
 
 from vistumor.errors import ConfigError
 from vistumor.explain.base import ExplanationMethod
+from vistumor.model.classifier import is_segmenter
 
 
 class PredictedMask(ExplanationMethod):
@@ -20,7 +21,7 @@ class PredictedMask(ExplanationMethod):
     fast = True
 
     def __init__(self, model, batch_size: int = 32):
-        if not hasattr(model, "segment"):
+        if not is_segmenter(model):
             raise ConfigError("explanation method 'mask' needs a segmentation model (model=seg_lite0, ...)")
         super().__init__(model, batch_size)
 

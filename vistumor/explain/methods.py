@@ -13,6 +13,7 @@ from vistumor.explain.base import ExplanationMethod
 from vistumor.explain.gradcam import LIBRARY_CAMS, FastGradCAM, FastGradCAMPlusPlus, LibraryCAM
 from vistumor.explain.mask import PredictedMask
 from vistumor.explain.saliency import Saliency, SmoothGrad
+from vistumor.model.classifier import is_segmenter
 
 #: methods computed on our own fast path
 FAST = {cls.name: cls for cls in (FastGradCAMPlusPlus, FastGradCAM)}
@@ -39,7 +40,7 @@ def check_methods(methods) -> list[str]:
 def localization_method(model: nn.Module, method: str) -> str:
     """The map a model's localization is judged by: its own mask for a segmentation model,
     else ``method``."""
-    return MASK if hasattr(model, "segment") else method
+    return MASK if is_segmenter(model) else method
 
 
 def explainer(

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from vistumor.explain.gradcam import FastGradCAMPlusPlus
 from vistumor.labels import TUMOR
+from vistumor.model.classifier import is_segmenter
 from vistumor.wsi.annotations import TumorAnnotation
 
 
@@ -44,7 +45,7 @@ class ModelScorer:
         self.device = device
         self.size = model.input_size
         #: a segmentation model's maps are its predicted masks, else Grad-CAM++
-        self.kind = "mask" if hasattr(model, "segment") else "gradcam++"
+        self.kind = "mask" if is_segmenter(model) else "gradcam++"
         self.cam = FastGradCAMPlusPlus(self.model, target_layer) if cams and self.kind != "mask" else None
         self.maps = cams
         bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()

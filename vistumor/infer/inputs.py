@@ -11,7 +11,7 @@ from vistumor.errors import ConfigError
 from vistumor.files import read_slide_table
 from vistumor.labels import CLASSES, parse_label
 from vistumor.tiling.catalog import ANNOTATION_SUFFIXES
-from vistumor.tiling.manifest import load_manifest
+from vistumor.tiling.manifest import read_meta, slides_in
 from vistumor.wsi.slide import SLIDE_SUFFIXES
 
 SPLITS = ("train", "val", "test")
@@ -34,12 +34,9 @@ class SlideInput:
 
 def from_manifest(manifest_path: str | Path, split: str) -> list[SlideInput]:
     """The slides of a manifest split (the checkpoint's own test slides, typically)."""
-    manifest = load_manifest(manifest_path)
-    out = []
-    for slide_id, info in sorted(manifest.meta.get("slides", {}).items()):
-        if split in str(info.get("split") or "").split(","):
-            out.append(SlideInput(slide_id, Path(info["path"]), CLASSES.get(info.get("kind")),
-                                  Path(info["annotation"]) if info.get("annotation") else None))
+    out = [SlideInput(slide_id, Path(info["path"]), CLASSES.get(info.get("kind")),
+                      Path(info["annotation"]) if info.get("annotation") else None)
+           for slide_id, info in sorted(slides_in(read_meta(manifest_path), split).items())]
     if not out:
         raise ConfigError(f"the manifest has no slide in split '{split}'", manifest_path)
     return out

@@ -7,6 +7,7 @@ import json
 from dataclasses import asdict, dataclass, field
 
 from vistumor.errors import ConfigError
+from vistumor.wsi.slide import check_mpp_override
 
 SCORES = ("max", "topk")
 CAM_NORMALIZE = ("slide", "run", "none")
@@ -94,6 +95,7 @@ class InferParams:
                               f"got {self.cam.normalize!r}")
         if self.lesions.source not in LESION_SOURCES:
             raise ConfigError(f"infer.lesions.source must be one of {LESION_SOURCES}, got {self.lesions.source!r}")
+        check_mpp_override(self.mpp_override)
         if self.read.level != "auto" and not isinstance(self.read.level, int):
             raise ConfigError(f"infer.read.level must be auto or a level number, got {self.read.level!r}")
 

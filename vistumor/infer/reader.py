@@ -71,10 +71,9 @@ class PatchStream:
         decoded: read-level pixels decoded so far.
     """
 
-    def __init__(self, path: str | Path, grid: SlideGrid, batch_size: int = 64, mpp: float | None = None,
-                 mpp_override: str = "missing", block: int = 16, threads: int = 2, ahead: int = 3):
+    def __init__(self, path: str | Path, grid: SlideGrid, batch_size: int = 64, block: int = 16, threads: int = 2,
+                 ahead: int = 3):
         self.path, self.grid, self.batch_size = Path(path), grid, batch_size
-        self.mpp, self.mpp_override = mpp, mpp_override
         self.blocks = plan_blocks(grid, block)
         self.threads, self.ahead = max(1, threads), max(1, ahead)
         self.decoded = 0
@@ -85,7 +84,7 @@ class PatchStream:
     def _slide(self) -> Slide:
         slide = getattr(self._local, "slide", None)
         if slide is None:
-            slide = self._local.slide = Slide(self.path, self.mpp, self.mpp_override)
+            slide = self._local.slide = Slide(self.path)  # read by level: no µm/px needed
             with self._lock:
                 self._handles.append(slide)
         return slide

@@ -114,7 +114,7 @@ def one_pass(item: SlideInput, grid: SlideGrid, group: list[ModelRun], params: I
     ``(probability map, cam canvas or None)`` and the stream (for its decode count)."""
     maps = {m.name: ProbabilityMap(grid) for m in group}
     canvases: dict[str, CamCanvas | None] = {m.name: None for m in group}
-    stream = PatchStream(item.path, grid, params.batch_size, params.mpp, params.mpp_override,
+    stream = PatchStream(item.path, grid, params.batch_size,
                          params.read.block, params.read.threads)
     try:
         for indices, patches in stream:

@@ -297,14 +297,6 @@ def _stage_modules(model: nn.Module) -> list[str]:
     return [m for m in modules if any(p.startswith(m + ".") for p in params)]
 
 
-def apply_freeze(model: nn.Module, freeze: str | int) -> set[str]:
-    """Set ``requires_grad`` by :func:`trainable_names`; returns the trainable names."""
-    trainable = trainable_names(model, freeze)
-    for name, param in model.named_parameters():
-        param.requires_grad_(name in trainable)
-    return trainable
-
-
 def frozen_modules(model: nn.Module) -> list[nn.Module]:
     """Modules with parameters, none of them trainable: kept in eval mode while training, so a
     frozen trunk's BatchNorm statistics never move and its dropout stays off.

@@ -253,3 +253,9 @@ class PatchClassifier(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "monitor": key("val", "loss"), "interval": "epoch"},
         }
+
+
+def is_segmenter(model) -> bool:
+    """Whether ``model`` segments (a :class:`~vistumor.model.segmenter.PatchSegmenter`: its
+    maps are its own masks, and it trains on them)."""
+    return bool(getattr(model, "needs_masks", False))

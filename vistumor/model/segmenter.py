@@ -55,7 +55,6 @@ class PatchSegmenter(PatchClassifier):
         decoder_channels: Sequence[int] = (128, 64, 32, 16, 16), tumor_fraction: float = 0.05,
         dice_weight: float = 1.0,
     ):
-        self._decoder_channels = tuple(int(c) for c in decoder_channels)
         super().__init__(backbone, pretrained, weights_path, freeze, num_classes, drop_rate, optimizer, scheduler,
                          threshold, label_smoothing, channels_last, image_size, weights_fallback, manifest_path,
                          tiling)  # (Lightning's save_hyperparameters collects this class's arguments too)
@@ -65,7 +64,7 @@ class PatchSegmenter(PatchClassifier):
     def build_network(self, backbone, pretrained, weights_path, num_classes, drop_rate, fallback):
         """The U-Net, its encoder holding the trunk weights of the project's weight sources."""
         base, source = backbones.create_backbone(backbone, pretrained, weights_path, num_classes, 0.0, fallback)
-        channels = self._decoder_channels
+        channels = tuple(int(c) for c in self.hparams.decoder_channels)
         try:
             net = smp.Unet(encoder_name=f"tu-{backbone}", encoder_weights=None, classes=1,
                            encoder_depth=len(channels), decoder_channels=channels)
@@ -124,11 +123,6 @@ class PatchSegmenter(PatchClassifier):
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         raise ConfigError("a segmentation model trains its decoder on feature maps: drop callbacks=feature_cache")
-
-    def logits(self, batch: dict) -> torch.Tensor:
-        if "features" in batch:
-            self.features(batch["features"])
-        return self(batch["image"])
 
     # -- training -----------------------------------------------------------------------------
 

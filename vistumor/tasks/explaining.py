@@ -126,8 +126,7 @@ def patch_datasets(cfg: DictConfig, models: list) -> dict[int, Any]:
             or cfg.data.datamodule.source.get("manifest_path"))
     if not path:
         raise ConfigError("no manifest to explain on: set select.manifest or select.patch_source")
-    manifest = ManifestSource(path, annotation_groups=plain(cfg.data.annotation_groups), mpp=cfg.data.get("mpp"),
-                              mpp_override=cfg.data.get("mpp_override", "missing"))
+    manifest = ManifestSource(path, annotation_groups=plain(cfg.data.annotation_groups))
     if manifest.manifest.split(cfg.select.split).empty:
         raise ConfigError(f"empty selection: split '{cfg.select.split}' has no patches", path)
     return {size: manifest.dataset(cfg.select.split, size, None, with_masks=True) for size in sizes}

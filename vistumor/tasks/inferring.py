@@ -34,7 +34,7 @@ from vistumor.tasks.slide_evaluation import evaluate_run
 from vistumor.tasks.tiling import ensure_dataset
 from vistumor.tiling.catalog import shard
 from vistumor.tiling.jobs import ENDINGS
-from vistumor.tiling.manifest import load_manifest
+from vistumor.tiling.manifest import read_meta
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def tiling_of(model) -> dict:
         return dict(tiling)
     path = model.hparams.get("manifest_path")
     if path and Path(path).is_file():
-        return dict(load_manifest(path).meta["tiling"])
+        return dict(read_meta(path)["tiling"])
     raise ConfigError("checkpoint records no tiling (patch size, level, tissue mask) and its manifest "
                       f"is not at hand ({path}); train it from a manifest", model.checkpoint_path)
 

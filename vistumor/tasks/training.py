@@ -24,7 +24,7 @@ from vistumor.files import atomic_path, write_json
 from vistumor.labels import confusion_counts, predict
 from vistumor.model import devices, metrics
 from vistumor.model.checkpoints import check_compatible
-from vistumor.model.classifier import PatchClassifier
+from vistumor.model.classifier import PatchClassifier, is_segmenter
 from vistumor.model.metrics import key
 from vistumor.runs import figures, tracking
 from vistumor.runs.callbacks import Throughput
@@ -57,8 +57,7 @@ def build_datamodule(cfg: DictConfig, image_size: int, train_masks: bool = False
     if "manifest_path" in source_node:
         spec = tiling_task.spec(cfg)
         ensure_manifest(cfg, source_node.manifest_path, spec)
-        extra = {"spec": spec, "annotation_groups": plain(cfg.data.annotation_groups),
-                 "mpp": cfg.data.get("mpp"), "mpp_override": cfg.data.get("mpp_override", "missing")}
+        extra = {"spec": spec, "annotation_groups": plain(cfg.data.annotation_groups)}
     source = instantiate_node(source_node, **extra, _convert_="all")
     return instantiate_node(node, source=source, image_size=image_size,
                             augment=plain(cfg.get("augment")) or {}, seed=cfg.get("seed") or 0,
@@ -104,8 +103,8 @@ def trained_mpp(manifest_path: str | Path) -> float | None:
     path = Path(manifest_path)
     if not path.is_file():
         return None
-    slides = manifest.load_manifest(path).meta.get("slides", {}).values()
-    values = [s["mpp"] for s in slides if s.get("mpp") and "train" in str(s.get("split") or "")]
+    slides = manifest.slides_in(manifest.read_meta(path), "train").values()
+    values = [s["mpp"] for s in slides if s.get("mpp")]
     return float(np.median(values)) if values else None
 
 
@@ -138,7 +137,7 @@ def train(
         check_compatible(cfg.ckpt_path, cfg.model.backbone, resume=cfg.get("train", True))
     seed(cfg)
     model = model or build_model(cfg)
-    dm = dm or build_datamodule(cfg, model.input_size, train_masks=getattr(model, "needs_masks", False))
+    dm = dm or build_datamodule(cfg, model.input_size, train_masks=is_segmenter(model))
     for stage, wanted in (("fit", cfg.get("train", True)), ("test", cfg.get("test", True))):
         if wanted:  # bad data fails here, before a logger writes anything into the run folder
             dm.setup(stage)
@@ -173,7 +172,7 @@ def train(
 
 def model_kind(model: PatchClassifier) -> str:
     """``classifier`` (localised by Grad-CAM++) or ``segmenter`` (by its own mask)."""
-    return "segmenter" if getattr(model, "needs_masks", False) else "classifier"
+    return "segmenter" if is_segmenter(model) else "classifier"
 
 
 def fit_and_test(cfg: DictConfig, trainer: L.Trainer, model: PatchClassifier, dm: PatchDataModule) -> dict:
@@ -186,7 +185,10 @@ def fit_and_test(cfg: DictConfig, trainer: L.Trainer, model: PatchClassifier, dm
             try:
                 trainer.fit(model, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
             except BadPatchError:
-                save_last(trainer, out)
+                # a resume that failed before its state was restored (on_fit_start: the feature
+                # cache) would overwrite a good last.ckpt with step 0: keep the checkpoint instead
+                if not cfg.get("ckpt_path") or trainer.global_step > 0:
+                    save_last(trainer, out)
                 raise
             result.update(_floats(trainer.callback_metrics, prefix=("train/", "val/")))
             result["best_ckpt"] = _best_checkpoint(trainer)

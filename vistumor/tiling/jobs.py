@@ -129,7 +129,7 @@ def _tile_or_skip(record: SlideRecord, params: TilingParams, store: SlideStore, 
             return {**previous, "status": SKIPPED, "reason": "already tiled with these parameters"}
         table, facts, picture = tile_slide(record, params)
         if run.verify:
-            facts["verified_px"] = verify_tiles(record.path, table, params.mpp, params.mpp_override)
+            facts["verified_px"] = verify_tiles(record.path, table)
         with atomic_path(store.tiles(record.slide_id)) as tmp:
             table.to_csv(tmp, index=False)
         qc.save_png(store.qc(record.slide_id), picture)

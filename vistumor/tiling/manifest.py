@@ -160,8 +160,8 @@ def meta_path(path: str | Path) -> Path:
     return Path(path).with_suffix(".json")
 
 
-def load_manifest(path: str | Path) -> Manifest:
-    """Read a manifest and check its two files belong together."""
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """A manifest's metadata (its slides, tiling, spec) without reading its patch table."""
     path = Path(path)
     if not path.is_file():
         raise ManifestError("manifest not found: run tiling.py first (make tile)", path)
@@ -174,6 +174,20 @@ def load_manifest(path: str | Path) -> Manifest:
         raise ManifestError(f"unreadable metadata {info.name} ({err})", path) from err
     if meta.get("format") != FORMAT:
         raise ManifestError(f"not a VisTumor manifest (format {meta.get('format')!r})", path)
+    return meta
+
+
+def slides_in(meta: Mapping[str, Any], split: str) -> dict[str, dict[str, Any]]:
+    """The slides of a manifest's metadata in ``split`` (a slide's ``split`` is one name, or
+    several comma-joined under the paper's random patch split)."""
+    return {slide: info for slide, info in meta.get("slides", {}).items()
+            if split in str(info.get("split") or "").split(",")}
+
+
+def load_manifest(path: str | Path) -> Manifest:
+    """Read a manifest and check its two files belong together."""
+    path = Path(path)
+    meta = read_meta(path)
     if meta.get("csv_sha256") != sha256_file(path):
         raise ManifestError(
             "the CSV does not match its metadata (interrupted or edited?): rerun tiling.py", path

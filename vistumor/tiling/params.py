@@ -15,6 +15,7 @@ from typing import Any
 
 from vistumor.tiling.tissue import TissueParams
 from vistumor.wsi.annotations import DEFAULT_GROUPS
+from vistumor.wsi.slide import check_mpp_override
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,9 @@ class TilingParams:
     labels: LabelParams = field(default_factory=LabelParams)
     mpp: float | None = None
     mpp_override: str = "missing"
+
+    def __post_init__(self):
+        check_mpp_override(self.mpp_override)
 
     def as_dict(self) -> dict[str, Any]:
         """Plain nested values, floats as floats (YAML's ``32`` and ``32.0`` must hash alike)."""

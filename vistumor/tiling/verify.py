@@ -24,8 +24,7 @@ from vistumor.wsi.slide import Slide
 CHUNK = 4096
 
 
-def verify_tiles(path: str | Path, tiles: pd.DataFrame, mpp: float | None = None,
-                 mpp_override: str = "missing", chunk: int = CHUNK, threads: int = 2) -> int:
+def verify_tiles(path: str | Path, tiles: pd.DataFrame, chunk: int = CHUNK, threads: int = 2) -> int:
     """Decode every tumor and normal tile of one slide's tile table, regions in ``threads``
     threads (OpenSlide decodes outside the GIL; one handle per thread).
 
@@ -39,15 +38,17 @@ def verify_tiles(path: str | Path, tiles: pd.DataFrame, mpp: float | None = None
     if tiles.empty:
         return 0
     level, size = int(tiles["level"].iloc[0]), int(tiles["read_size"].iloc[0])
-    with Slide(path, mpp, mpp_override) as slide:
+    with Slide(path) as slide:
         downsample = slide.level_downsamples[level]
     lx = np.floor(tiles["x0"].to_numpy() / downsample).astype(np.int64)
     ly = np.floor(tiles["y0"].to_numpy() / downsample).astype(np.int64)
     keys = (ly // chunk) * (1 << 32) + lx // chunk
     regions = []
-    for key in np.unique(keys):  # in reading order: the first failure named is the first region's
-        gx, gy = lx[keys == key], ly[keys == key]
-        group = tiles[keys == key]
+    order = np.argsort(keys, kind="stable")  # regions in reading order: the first failure named is the first's
+    starts = np.flatnonzero(np.r_[True, np.diff(keys[order]) != 0])
+    for rows in np.split(order, starts[1:]):
+        gx, gy = lx[rows], ly[rows]
+        group = tiles.iloc[rows]
         box = (int(group["x0"].min()), int(group["y0"].min()), int(gx.max() - gx.min() + size),
                int(gy.max() - gy.min() + size))
         regions.append((group, box))
@@ -56,7 +57,7 @@ def verify_tiles(path: str | Path, tiles: pd.DataFrame, mpp: float | None = None
 
     def decode(box: tuple[int, int, int, int]) -> None:
         if getattr(local, "slide", None) is None:
-            local.slide = Slide(path, mpp, mpp_override)
+            local.slide = Slide(path)
             handles.append(local.slide)
         try:
             local.slide.read_region(box[0], box[1], level, box[2], box[3])
@@ -74,7 +75,7 @@ def verify_tiles(path: str | Path, tiles: pd.DataFrame, mpp: float | None = None
             handle.close()
     for (group, _), failed in zip(regions, outcomes, strict=True):
         if failed:
-            _first_bad(path, group, level, size, mpp, mpp_override)
+            _first_bad(path, group, level, size)
             raise failed  # (the region failed although each of its tiles reads: still damaged)
     return sum(box[2] * box[3] for _, box in regions)
 
@@ -91,11 +92,11 @@ def _outcome(decode):
     return run
 
 
-def _first_bad(path, group: pd.DataFrame, level: int, size: int, mpp, mpp_override) -> None:
+def _first_bad(path, group: pd.DataFrame, level: int, size: int) -> None:
     """Read a failed region's tiles one by one (a fresh handle each time: an OpenSlide error
     is sticky) and raise for the first that fails."""
     for x0, y0 in group.sort_values(["y0", "x0"])[["x0", "y0"]].itertuples(index=False):
-        with Slide(path, mpp, mpp_override) as slide:
+        with Slide(path) as slide:
             try:
                 slide.read_region(int(x0), int(y0), level, size, size)
             except SlideError as err:

@@ -56,8 +56,7 @@ class Slide:
 
     def __init__(self, path: str | Path, mpp: float | None = None, mpp_override: str = "missing"):
         self.path = Path(path)
-        if mpp_override not in MPP_OVERRIDES:
-            raise ConfigError(f"data.mpp_override must be one of {MPP_OVERRIDES}, got {mpp_override!r}")
+        check_mpp_override(mpp_override)
         if not self.path.is_file():
             raise SlideError("slide file not found", self.path)
         try:
@@ -214,6 +213,12 @@ class Slide:
     def __repr__(self) -> str:
         w, h = self.dimensions
         return f"Slide({str(self.path)!r}, {w}x{h}, levels={self.level_count}, mpp={self.mpp})"
+
+
+def check_mpp_override(value: str) -> None:
+    """Refuse an unknown ``data.mpp_override``."""
+    if value not in MPP_OVERRIDES:
+        raise ConfigError(f"data.mpp_override must be one of {MPP_OVERRIDES}, got {value!r}")
 
 
 def block_mean(image: np.ndarray, factor: int) -> np.ndarray:
