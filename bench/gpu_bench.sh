@@ -5,12 +5,7 @@
 # Needs: torch, timm, lightning, torchmetrics on the machine; the rest from wheels in .whl/
 # (see bench/README.md). Results go to $OUT (or bench/results).
 set -uo pipefail
-OUT=${OUT:-bench/results}
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:$PWD
-fi
-export NO_ALBUMENTATIONS_UPDATE=1 HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+source "$(dirname "$0")/gpu_env.sh"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__)" | tee -a "$OUT/gpu.txt"
 python3 bench/bench_models.py --backbones resnet50 densenet201 efficientnet_b7 tf_efficientnet_lite0 \

@@ -5,12 +5,7 @@
 # lightning, torchmetrics on the machine; the rest from wheels in .whl/ as gpu_bench.sh.
 # Results: $OUT/infer_cuda_100000.json (or bench/results).
 set -uo pipefail
-OUT=${OUT:-bench/results}
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:$PWD
-fi
-export NO_ALBUMENTATIONS_UPDATE=1 HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+source "$(dirname "$0")/gpu_env.sh"
 python3 bench/bench_infer.py --size 100000 --backbone resnet50 --device cuda --threads 16 --skip-levels \
   > "$OUT/infer_gpu.log" 2>&1
 tail -25 "$OUT/infer_gpu.log"

@@ -366,6 +366,7 @@ def test_the_evaluation_shows_this_slides_hits_and_misses(tiny_run, tmp_path):
     info = json.loads(ViewerApp(run).handle("/api/slide/tumor_001").body)
     found = info["models"]["oracle"]["evaluation"]
     assert found["evaluated"] and found["hits"] == 1 and found["false_positives"] == 2
+    assert found["counted"] == 1  # the ITC is not a lesion the FROC counts
     assert [lesion["label"] for lesion in found["lesions"]] == [1, 2]
     assert info["models"]["oracle_b"]["evaluation"] == {"evaluated": False}
     assert "oracle: FROC 0.500, slide AUC 1.000" in ViewerApp(run).handle("/").body.decode()

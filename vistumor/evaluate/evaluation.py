@@ -10,7 +10,6 @@ a normal slide without a file has no detections and still counts in the FPs per 
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -22,8 +21,6 @@ from vistumor.evaluate.froc import FP_RATES, OFFICIAL, FrocCurve, SlideHits, fro
 from vistumor.evaluate.io import ReferenceSlide
 from vistumor.evaluate.masks import EvaluationMask
 from vistumor.labels import is_tumor, name, parse_label
-
-log = logging.getLogger(__name__)
 
 #: the slide task (AUC) and the lesion task (FROC)
 AUC, FROC = "auc", "froc"

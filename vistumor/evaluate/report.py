@@ -17,6 +17,8 @@ from vistumor.files import save_figure, write_json, write_text
 from vistumor.labels import name
 
 #: the files of an evaluation folder
+#: the folder of a model's evaluation in a whole-slide run (``models/<name>/evaluation``)
+FOLDER = "evaluation"
 FILES = {"json": "evaluation.json", "csv": "per_slide.csv", "froc": "froc.png", "roc": "roc.png"}
 PER_SLIDE_COLUMNS = (
     "slide", "label", "score", "n_detections", "n_lesions", "n_itc", "hits", "false_positives",

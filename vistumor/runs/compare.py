@@ -18,6 +18,7 @@ import pandas as pd
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from vistumor.evaluate import report
 from vistumor.explain import localization
 from vistumor.files import write_text
 from vistumor.labels import CLASSES
@@ -94,7 +95,8 @@ def enrich(row: dict, folder: Path) -> dict:
 def slide_evaluations(folder: Path, run: Path) -> list[dict]:
     """Evaluations of whole-slide runs below ``folder`` (or in ``run``) of this run's checkpoints."""
     found = []
-    for path in sorted({*folder.rglob("evaluation/evaluation.json"), *run.rglob("evaluation/evaluation.json")}):
+    pattern = f"{report.FOLDER}/{report.FILES['json']}"
+    for path in sorted({*folder.rglob(pattern), *run.rglob(pattern)}):
         model_dir, infer_run = path.parent.parent, path.parent.parent.parent.parent
         description = infer_run / "run.json"
         if not description.is_file():

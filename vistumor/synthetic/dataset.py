@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from vistumor.errors import ConfigError
-from vistumor.files import atomic_path
+from vistumor.files import write_text
 from vistumor.synthetic.slide import KIND_CODES, check_args, generate_slide
 from vistumor.synthetic.stages import MIN_SIDE_MM, MPP, SIZE, category_of, node_name, side_mm
 
@@ -95,8 +95,7 @@ def write_reference(root: Path, jobs: list[_Job]) -> Path:
     """``testing/reference.csv`` as CAMELYON16 ships it: ``name,Tumor|Normal`` rows, no header."""
     path = root / "testing" / "reference.csv"
     rows = sorted((job.path.stem, job.kind.capitalize()) for job in jobs)
-    with atomic_path(path) as tmp:
-        tmp.write_text("".join(f"{name},{kind}\n" for name, kind in rows), encoding="utf-8")
+    write_text(path, "".join(f"{name},{kind}\n" for name, kind in rows))
     return path
 
 
@@ -144,8 +143,7 @@ def _write_manifest(path: Path, record: dict) -> None:
     text = json.dumps(record, indent=1) + "\n"
     if path.exists() and path.read_text(encoding="utf-8") == text:
         return
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+    write_text(path, text)
 
 
 def _relative(path: Path, root: Path) -> str:

@@ -22,6 +22,7 @@ from vistumor.evaluate import (
     write_report,
     write_staging_report,
 )
+from vistumor.evaluate.report import FOLDER as EVALUATION
 from vistumor.infer.batch import DONE
 from vistumor.infer.inputs import SlideInput
 from vistumor.infer.slide_run import ModelRun
@@ -59,7 +60,7 @@ def evaluate_run(items: Sequence[SlideInput], models: Sequence[ModelRun], out: P
             results[m.name] = {"skipped": str(err)}
             continue
         settings = {"mode": mode, "slides": [s.slide_id for s in finished], "left_out_failed": left_out}
-        paths = write_report(evaluation, m.folder / "evaluation", settings)
+        paths = write_report(evaluation, m.folder / EVALUATION, settings)
         results[m.name] = {"test/slide_auc": evaluation.auc, "test/slide_auc_ci95": list(evaluation.auc_ci95),
                            "test/froc": evaluation.froc, "test/froc_ci95": list(evaluation.froc_ci95),
                            "evaluation": str(paths["json"])}
@@ -81,7 +82,7 @@ def _stage_model(m: ModelRun, slides: Sequence[SlideInput], sidecars: dict[str, 
     except VisTumorError as err:
         log.warning("%s: staging skipped: %s", m.name, err)
         return {"staging_skipped": str(err)}
-    paths = write_staging_report(staging, m.folder / "evaluation", settings)
+    paths = write_staging_report(staging, m.folder / EVALUATION, settings)
     kappa = f", pN kappa {staging.kappa:.3f} over {len(staging.patients)} patients" if staging.patients else ""
     log.info("%s: metastasis category accuracy %.3f over %d slides%s", m.name, staging.accuracy,
              len(staging.slides), kappa)

@@ -114,13 +114,14 @@ def slide_info(run: RunFolder, heat: HeatTiles, name: str, size: tuple[int, int]
 
 def slide_evaluation(run: RunFolder, model: str, slide: str) -> dict[str, Any]:
     """FROC hits and misses of one slide, and the run's scores (``evaluated: false`` when the
-    evaluation has not run)."""
+    evaluation has not run); ``hits`` of ``counted`` leave out ITCs, as the FROC does."""
     found = run.evaluation(model)
     if found is None:
         return {"evaluated": False}
     lesions = [lesion for lesion in found.get("lesions") or [] if lesion.get("slide") == slide]
+    counted = [lesion for lesion in lesions if not lesion.get("itc")]
     per_slide = (found.get("false_positives") or {}).get("per_slide") or {}
     return {"evaluated": True, "mode": found.get("mode"), "froc": found.get("froc"), "auc": found.get("auc"),
             "sensitivity_at_fp": found.get("sensitivity_at_fp"), "lesions": lesions,
-            "hits": sum(lesion.get("probability") is not None for lesion in lesions),
+            "hits": sum(lesion.get("probability") is not None for lesion in counted), "counted": len(counted),
             "false_positives": per_slide.get(slide), "in_evaluation": slide in per_slide or bool(lesions)}

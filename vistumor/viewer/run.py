@@ -14,7 +14,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from vistumor.errors import AnnotationError, VisTumorError
+from vistumor.evaluate import report
 from vistumor.wsi.annotations import read_annotations
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,6 @@ class SlideEntry:
     path: Path | None
     label: str | None
     annotation: Path | None
-    given_path: str
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,7 @@ class RunFolder:
 
     def evaluation(self, model: str) -> dict[str, Any] | None:
         """``models/<model>/evaluation/evaluation.json``, or None when not evaluated."""
-        path = self.model(model).folder / "evaluation" / "evaluation.json"
+        path = self.model(model).folder / report.FOLDER / report.FILES["json"]
         if not path.is_file():
             return None
         try:
@@ -213,29 +213,30 @@ def _locate(given: str | None, bases: list[Path]) -> Path | None:
     return next((c.resolve() for c in candidates if c.is_file()), None)
 
 
+def _named(described: list[dict], key: str) -> Iterator[tuple[str, dict]]:
+    """``(name, item)`` of run.json entries whose ``key`` is a plain name (others skipped, logged)."""
+    for item in described:
+        name = str(item.get(key, ""))
+        if safe_name(name):
+            yield name, item
+        else:
+            log.warning("run.json: %s %r skipped (not a plain name)", key, name)
+
+
 def _slides(described: list[dict], bases: list[Path]) -> dict[str, SlideEntry]:
     slides = {}
-    for item in described:
-        name = str(item.get("slide", ""))
-        if not safe_name(name):
-            log.warning("run.json: slide name %r skipped (not a plain name)", name)
-            continue
+    for name, item in _named(described, "slide"):
         path = _locate(item.get("path"), bases)
         if path is None:
             log.warning("slide %s: file %s not found (relative to %s)", name, item.get("path"),
                         [str(b) for b in bases])
-        slides[name] = SlideEntry(name, path, item.get("label"), _locate(item.get("annotation"), bases),
-                                  str(item.get("path")))
+        slides[name] = SlideEntry(name, path, item.get("label"), _locate(item.get("annotation"), bases))
     return slides
 
 
 def _models(described: list[dict], root: Path) -> dict[str, ModelEntry]:
     models = {}
-    for item in described:
-        name = str(item.get("name", ""))
-        if not safe_name(name):
-            log.warning("run.json: model name %r skipped (not a plain name)", name)
-            continue
+    for name, item in _named(described, "name"):
         groups = ((item.get("tiling") or {}).get("labels") or {}).get("annotation_groups")
         models[name] = ModelEntry(name, str(item.get("checkpoint", "")), item.get("input_size"),
                                   root / "models" / name, dict(groups) if groups else None)

@@ -233,7 +233,8 @@
     if (!found.evaluated) { box.textContent = "not evaluated"; return; }
     const dl = el("dl");
     facts(dl, [["run FROC", fmt(found.froc)], ["run slide AUC", fmt(found.auc)],
-      ["lesions hit", found.hits + " of " + found.lesions.length],
+      ["lesions hit", found.hits + " of " + found.counted +
+        (found.lesions.length > found.counted ? " (+" + (found.lesions.length - found.counted) + " ITC, not counted)" : "")],
       ["false positives", found.false_positives === undefined || found.false_positives === null
         ? "–" : String(found.false_positives)]]);
     const list = el("ul", { className: "froc" });
