@@ -12,6 +12,7 @@ import sys
 import threading
 import urllib.request
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from vistumor.infer.slide_run import ModelRun
 from vistumor.viewer.cli import main
 from vistumor.viewer.layers import FADE, FLOOR, MapGrid, colour, lut, sample
 from vistumor.viewer.run import RunFolder
-from vistumor.viewer.server import ViewerApp, ViewerServer
+from vistumor.viewer.server import ViewerApp, ViewerServer, loopback_hosts
 from vistumor.viewer.tiles import ByteLRU, DziGeometry
 from vistumor.wsi.annotations import TumorAnnotation, read_annotations
 
@@ -388,11 +389,33 @@ def test_relative_slide_paths_resolve_against_the_runs_working_directory(tiny_ru
 # -- the server and the command ----------------------------------------------------------------
 
 
-def test_the_server_keeps_connections_alive_and_refuses_traversal(app):
-    server = ViewerServer(app, "127.0.0.1", 0)
+@contextmanager
+def serving(app: ViewerApp, **options):
+    """A :class:`ViewerServer` of ``app`` on a free loopback port, in a thread."""
+    server = ViewerServer(app, "127.0.0.1", 0, **options)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        app.hosts = None  # the app answers direct calls again
+
+
+def ask(server: ViewerServer, target: str, host: str | None = None, method: str = "GET") -> tuple[int, bytes]:
+    """One request with ``Host: host`` (None: http.client's own, ``127.0.0.1:PORT``)."""
+    connection = http.client.HTTPConnection(*server.server_address[:2], timeout=10)
+    try:
+        connection.request(method, target, headers={"Host": host} if host is not None else {})
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def test_the_server_keeps_connections_alive_and_refuses_traversal(app):
+    with serving(app) as server:
         assert server.server_address[0] == "127.0.0.1"
         connection = http.client.HTTPConnection(*server.server_address[:2], timeout=10)
         answers = []
@@ -405,9 +428,38 @@ def test_the_server_keeps_connections_alive_and_refuses_traversal(app):
         assert [a[0] for a in answers] == [200, 200, 404, 404, 200, 404]
         assert answers[1][1][:2] == b"\xff\xd8" and answers[4][1][:4] == b"\x89PNG"
         assert all(a[2] == "nosniff" for a in answers)
-    finally:
-        server.shutdown()
-        server.server_close()
+
+
+REBOUND = ["/api/run", "/", "/view/tumor_001", "/slide/tumor_001_files/9/0_0.jpeg", "/thumb/tumor_001.jpeg",
+           "/api/lesions/oracle/tumor_001", "/api/review/oracle/tumor_001", "/api/slide/tumor_999",
+           "/static/viewer.js"]
+
+
+def test_a_request_for_another_host_is_421_on_loopback(app):
+    """DNS rebinding: a hostile page whose name now points at 127.0.0.1 sends its own name as
+    Host. Every route, known or not, is 421 for it; the loopback names with the port are served."""
+    with serving(app) as server:
+        port = server.server_address[1]
+        for target in REBOUND:
+            for host in (f"rebind.attacker.example:{port}", "rebind.attacker.example", f"127.0.0.1.evil:{port}",
+                         "127.0.0.1", f"localhost:{port + 1}", f"10.0.0.5:{port}", ""):
+                status, body = ask(server, target, host)
+                assert status == 421 and body.startswith(b"421 "), (target, host, body)
+                assert b"tumor" not in body and b"root" not in body
+            expected = 404 if target == "/api/slide/tumor_999" else 200
+            for host in (None, f"127.0.0.1:{port}", f"localhost:{port}", f"LocalHost:{port}", f"[::1]:{port}"):
+                assert ask(server, target, host)[0] == expected, (target, host)
+        assert ask(server, "/api/run", "evil.example", "HEAD")[0] == 421
+        assert ask(server, "/api/review/oracle/tumor_001", f"evil.example:{port}", "POST")[0] == 421
+
+
+def test_the_loopback_names_and_port_are_the_hosts(tiny_run):
+    """Not served on loopback (``--host``), the Host is whatever name reaches the server."""
+    app = ViewerApp(tiny_run)
+    assert app.hosts is None and app.handle("/api/run", {"Host": "slides.lab.example"}).status == 200
+    assert loopback_hosts(8000) == {"127.0.0.1:8000", "localhost:8000", "[::1]:8000"}
+    assert loopback_hosts(80) >= {"localhost", "127.0.0.1", "[::1]", "localhost:80"}
+    assert "localhost" not in loopback_hosts(8000)
 
 
 def test_the_command_serves_on_localhost_and_prints_the_url(tiny_run):

@@ -7,6 +7,13 @@ joined onto a path), static files in a table built at start-up. Unknown names, l
 tiles are 404; any other failure is logged here with its traceback and answered with a
 bare 500.
 
+While the server is bound to loopback, every request (GET, HEAD, POST) must name it in its
+``Host`` header: ``127.0.0.1``, ``localhost`` or ``[::1]`` with the server's port (no port
+only when that is 80, as browsers send it). Anything else is 421 Misdirected Request before
+any lookup: a hostile page whose domain is rebound to 127.0.0.1 (DNS rebinding) sends its
+own name as ``Host``, so it can read nothing (``/api/run`` holds paths, checkpoints and
+reviewer names), and learns nothing of which slides exist.
+
 The one write is a review (``POST /api/review/<model>/<slide>``, :mod:`.review`): JSON
 only (a cross-site form cannot send it without a preflight this server never answers), from
 a page of this server (``Origin``) reached by a loopback name (``Host``: no DNS rebinding),
@@ -52,6 +59,16 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 class Refused(PermissionError):
     """A write from another origin (HTTP 403)."""
+
+
+class Misdirected(PermissionError):
+    """A request naming another host (HTTP 421): DNS rebinding, or a proxy's mistake."""
+
+
+def loopback_hosts(port: int) -> frozenset[str]:
+    """The ``Host`` headers of a server on loopback ``port`` (lower case)."""
+    names = ("127.0.0.1", "localhost", "[::1]")
+    return frozenset({f"{name}:{port}" for name in names} | (set(names) if port == 80 else set()))
 
 
 @dataclass
@@ -109,6 +126,8 @@ class ViewerApp:
         self.reviews = ReviewStore(self.run)
         #: reviews only from pages reached by a loopback name (False when served on another interface)
         self.loopback_only = True
+        #: the ``Host`` headers answered; None: any (set by :class:`ViewerServer` on loopback)
+        self.hosts: frozenset[str] | None = None
         self.static = static_files()
         self._slides: dict[str, SlideTiles] = {}
         self.routes: list[tuple[tuple[str, ...], Callable[..., Response]]] = [
@@ -121,13 +140,13 @@ class ViewerApp:
             (("figure", "*", "*"), self.figure),
         ]
 
-    def handle(self, target: str) -> Response:
-        """Answer a GET."""
-        return self._guarded(target, lambda: self._route(target))
+    def handle(self, target: str, headers: Any = None) -> Response:
+        """Answer a GET with the request's ``headers`` (``.get(name)``; None: none sent)."""
+        return self._guarded(target, lambda: self._route(target), headers)
 
     def post(self, target: str, headers: Any, body: BinaryIO) -> Response:
         """Answer a POST (a review) with ``headers`` (``.get(name)``) and ``body`` to read from."""
-        response = self._guarded(target, lambda: self._save_review(target, headers, body))
+        response = self._guarded(target, lambda: self._save_review(target, headers, body), headers)
         if response.status >= 400:
             response.headers["Connection"] = "close"
         return response
@@ -142,9 +161,21 @@ class ViewerApp:
                 return handler(*args)
         return not_found()
 
-    def _guarded(self, target: str, answer: Callable[[], Response]) -> Response:
+    def check_host(self, headers: Any) -> None:
+        """:class:`Misdirected` unless the ``Host`` header is one this server answers to."""
+        if self.hosts is None:
+            return
+        host = ((headers.get("Host") if headers is not None else None) or "").strip().lower()
+        if host not in self.hosts:
+            raise Misdirected(f"host {host[:80]!r} is not this server; it answers to {sorted(self.hosts)}"
+                              if host else "a Host header is required")
+
+    def _guarded(self, target: str, answer: Callable[[], Response], headers: Any = None) -> Response:
         try:
+            self.check_host(headers)
             return answer()
+        except Misdirected as err:
+            return refused(HTTPStatus.MISDIRECTED_REQUEST, str(err))
         except (NotFound, UnicodeDecodeError) as err:
             return not_found(str(err) if isinstance(err, NotFound) else "bad encoding")
         except ReviewError as err:
@@ -332,7 +363,7 @@ class Handler(BaseHTTPRequestHandler):
         self._send(self.server.app.post(self.path, self.headers, self.rfile), send_body=True)  # type: ignore[attr-defined]
 
     def _answer(self, send_body: bool) -> None:
-        self._send(self.server.app.handle(self.path), send_body)  # type: ignore[attr-defined]
+        self._send(self.server.app.handle(self.path, self.headers), send_body)  # type: ignore[attr-defined]
 
     def _send(self, response: Response, send_body: bool) -> None:
         self.send_response(response.status)
@@ -357,6 +388,7 @@ class ViewerServer(ThreadingHTTPServer):
         self.app = app
         app.loopback_only = host in LOOPBACK
         super().__init__((host, port), Handler)
+        app.hosts = loopback_hosts(self.server_address[1]) if app.loopback_only else None
 
     @property
     def url(self) -> str:
