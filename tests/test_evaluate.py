@@ -27,8 +27,12 @@ from vistumor.evaluate import (
     roc_curve,
     slide_hits,
 )
+from vistumor.evaluate import auc as evaluation_auc
 from vistumor.evaluate.masks import ITC_UM, MARGIN_UM, PIXEL_UM
+from vistumor.explain import localization
+from vistumor.explain.localization import pixel_auroc
 from vistumor.labels import NORMAL, TUMOR
+from vistumor.stats import rank_auc
 
 
 def at(r: int, c: int) -> tuple[int, int]:
@@ -254,6 +258,18 @@ def test_auc_by_hand():
     assert roc_auc([TUMOR, NORMAL], [0.5, 0.5]) == 0.5  # a tie counts one half
     with pytest.raises(VisTumorError, match="tumor and normal"):
         roc_auc([TUMOR, TUMOR], [0.1, 0.2])
+
+
+def test_one_rank_auc_below_the_slide_auc_and_the_pixel_auroc():
+    """Positives 3, 2, 2 and negatives 2, 1: mean ranks 5, 3, 3 (the three 2s share ranks 2-4)
+    and 3, 1; R+ = 11, AUC = (11 - 3 * 4 / 2) / (3 * 2) = 5/6 (pairs: 2 + 1.5 + 1.5 of 6).
+    The slide AUC and the map's pixel AUROC are that one function."""
+    positive, scores = np.array([1, 1, 1, 0, 0], bool), np.array([3.0, 2, 2, 2, 1])
+    assert rank_auc(positive, scores) == pytest.approx(5 / 6)
+    assert roc_auc(np.where(positive, TUMOR, NORMAL), scores) == pytest.approx(5 / 6)
+    assert pixel_auroc(scores.reshape(1, 5), positive.reshape(1, 5)) == pytest.approx(5 / 6)
+    assert np.isnan(rank_auc(np.ones(3, bool), [0.1, 0.2, 0.3]))
+    assert localization.rank_auc is evaluation_auc.rank_auc is rank_auc
 
 
 def test_bootstrap_ci_by_hand():

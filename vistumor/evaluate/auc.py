@@ -1,7 +1,7 @@
 """Slide-level ROC AUC of CAMELYON16 and percentile-bootstrap confidence intervals over slides.
 
-The AUC is the Mann-Whitney statistic (ties count one half), equal to the area under the
-trapezoidal ROC curve; tumor is the positive class (:mod:`vistumor.labels`).
+The AUC is the Mann-Whitney statistic (ties count one half, :func:`vistumor.stats.rank_auc`),
+equal to the area under the trapezoidal ROC curve; tumor is the positive class (:mod:`vistumor.labels`).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import numpy as np
 
 from vistumor.errors import ConfigError, VisTumorError
 from vistumor.labels import is_tumor, missing_classes
+from vistumor.stats import rank_auc
 
 T = TypeVar("T")
 
@@ -35,14 +36,7 @@ def roc_auc(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.nda
 
 
 def _auc_or_nan(labels: np.ndarray, scores: np.ndarray) -> float:
-    positive = is_tumor(labels)
-    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
-    mean_rank = np.cumsum(counts) - (counts - 1) / 2  # 1-based ranks, ties averaged
-    rank_sum = mean_rank[inverse.ravel()][positive].sum()
-    return float((rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return rank_auc(is_tumor(labels), scores)
 
 
 def roc_curve(

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage
-from scipy.stats import rankdata
+
+from vistumor.stats import rank_auc
 
 NAMES = ("pointing", "energy", "iou", "dice", "auroc")
 
@@ -55,14 +56,9 @@ def overlap(cam: np.ndarray, mask: np.ndarray, cam_threshold: float) -> tuple[fl
 
 
 def pixel_auroc(cam: np.ndarray, mask: np.ndarray) -> float:
-    """AUROC of the map's values for separating tumor pixels from the rest (ties averaged)."""
-    labels = mask.ravel().astype(bool)
-    n_pos = int(labels.sum())
-    n_neg = labels.size - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    ranks = rankdata(cam.ravel())
-    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    """AUROC of the map's values for separating tumor pixels from the rest (ties averaged;
+    NaN when the patch is all tumor or all background)."""
+    return rank_auc(np.asarray(mask, bool), cam)
 
 
 def scores(
