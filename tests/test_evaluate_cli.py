@@ -16,6 +16,7 @@ import pytest
 import tifffile
 from conftest import PROJECT, rectangle, tissue_image, write_asap_xml, write_tiff
 
+from vistumor.errors import USER_ERROR_STATUS, VisTumorError, user_error
 from vistumor.evaluate.cli import main
 from vistumor.evaluate.io import read_detections, read_reference
 from vistumor.labels import NORMAL, TUMOR
@@ -122,6 +123,17 @@ def test_cli_errors_are_one_line(scenario, capsys, change, message):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1
     assert re.search(message, err), err
+
+
+def test_one_error_path_for_every_command_line(tmp_path, capsys):
+    """``user_error`` is the one path: a line on stderr (or the log) and exit status 2; the
+    comparison CLI takes it too."""
+    from vistumor.runs.compare import main as compare_main
+
+    assert user_error(VisTumorError("bad value 3", "a.csv")) == USER_ERROR_STATUS == 2
+    assert capsys.readouterr().err == "error: a.csv: bad value 3\n"
+    assert compare_main([str(tmp_path / "nowhere")]) == 2
+    assert capsys.readouterr().err == f"error: {tmp_path / 'nowhere'}: not a folder\n"
 
 
 def test_dimensions_from_the_slides_folder(tmp_path, capsys):

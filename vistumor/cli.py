@@ -1,4 +1,5 @@
-"""Shared behaviour of the entry scripts: one readable line and exit 2 on a user error."""
+"""Shared behaviour of the entry scripts: one readable line and exit 2 on a user error
+(:func:`vistumor.errors.user_error`, the error path of every command line)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,15 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from vistumor.errors import VisTumorError
+from vistumor.errors import VisTumorError, user_error
 
 log = logging.getLogger("vistumor")
 
 # Offline-friendly defaults (NO_ALBUMENTATIONS_UPDATE) are set in vistumor/__init__.py, which every
 # import of the package runs first.
+
+#: exit status of a slide-by-slide task (tiling, infer) in which some slide failed
+SLIDES_FAILED = 1
 
 #: config keys that moved, old path -> new path (a stale override gets one line naming the new one)
 MOVED = {
@@ -54,16 +58,18 @@ def check_overrides(argv: Sequence[str] | None = None) -> None:
     whose own message would not say where the key went)."""
     problem = moved_key(list(sys.argv[1:] if argv is None else argv))
     if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(user_error(problem))
 
 
 def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
-    """Run ``task(cfg)``; a :class:`VisTumorError` becomes one logged error line and exit status 2."""
+    """Run ``task(cfg)``; a :class:`VisTumorError` becomes one logged error line and exit status 2,
+    a summary counting ``failed`` slides exit status 1 (after every other slide was run)."""
     try:
         result = task(cfg)
     except VisTumorError as err:
-        log.error("%s", err)
-        sys.exit(2)
+        sys.exit(user_error(err, log))
     log.info("result: %s", result)
+    if isinstance(result, dict) and result.get("failed"):  # a slide-by-slide task: the others' results stand
+        log.error("%d slide(s) failed (reasons in status.csv): exit status %d", result["failed"], SLIDES_FAILED)
+        sys.exit(SLIDES_FAILED)
     return result

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+import sys
 from pathlib import Path
+
+#: exit status of a command that refuses its input (argparse's own status for a bad flag)
+USER_ERROR_STATUS = 2
 
 
 class VisTumorError(Exception):
@@ -31,3 +36,17 @@ class ConfigError(VisTumorError):
 
 class BadPatchError(VisTumorError):
     """A patch's pixels cannot be read during training (``data.on_bad_patch=fail``)."""
+
+
+def user_error(err: BaseException | str, log: logging.Logger | None = None) -> int:
+    """Say a refused input in one line and return :data:`USER_ERROR_STATUS`: the one error path
+    of every command line (``return user_error(err)`` from an argparse ``main``).
+
+    The line is ``error: <err>`` on stderr, or ``log.error`` where logging carries it (a Hydra
+    task, whose log file keeps it too).
+    """
+    if log is not None:
+        log.error("%s", err)
+    else:
+        print(f"error: {err}", file=sys.stderr)
+    return USER_ERROR_STATUS

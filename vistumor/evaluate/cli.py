@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from vistumor.errors import VisTumorError
+from vistumor.errors import VisTumorError, user_error
 from vistumor.evaluate.auc import N_BOOTSTRAP
 from vistumor.evaluate.evaluation import FROC, OFFICIAL_EXCLUDE, Evaluation, evaluate, parse_exclude
 from vistumor.evaluate.froc import MODES, OFFICIAL
@@ -95,8 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         evaluation = run(args)
         staging = run_staging(args) if args.lesions else None
     except VisTumorError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return user_error(err)
     print(summary(evaluation, args.out, staging))
     return 0
 

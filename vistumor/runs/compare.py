@@ -18,6 +18,7 @@ import pandas as pd
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from vistumor.errors import VisTumorError, user_error
 from vistumor.evaluate import report
 from vistumor.explain import localization
 from vistumor.files import write_text
@@ -208,8 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("folder", help="a multirun folder (or any folder of runs with metrics.json)")
     args = parser.parse_args(argv)
     if not Path(args.folder).is_dir():
-        print(f"error: {args.folder}: not a folder", file=sys.stderr)
-        return 2
+        return user_error(VisTumorError("not a folder", args.folder))
     table = write_comparison(args.folder)
     if table.empty:
         print(f"error: {args.folder}: no finished runs (no metrics.json)", file=sys.stderr)

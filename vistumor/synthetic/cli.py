@@ -10,7 +10,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from vistumor.errors import VisTumorError
+from vistumor.errors import VisTumorError, user_error
 from vistumor.synthetic.dataset import generate_dataset
 from vistumor.synthetic.stages import MPP, SIZE
 
@@ -57,6 +57,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.categories,
         )
     except VisTumorError as err:  # a parameter clash or bad argument: say what to do, without a traceback
-        parser.exit(2, f"error: {err}\n")
+        parser.exit(user_error(err))
     print(args.root)
     return 0
