@@ -1,4 +1,5 @@
-"""Where a datamodule's patches come from: a tiling manifest or folders of patch images.
+"""Where a datamodule's patches come from: a tiling manifest, folders of patch images, or
+the PatchCamelyon files.
 
 A source turns a split name into a dataset; the datamodule adds loaders around it. Both
 kinds are built from config with ``_target_`` (``data.datamodule.source``).
@@ -14,6 +15,7 @@ from torch.utils.data import Dataset
 
 from vistumor.data.images import ImagePatchDataset, check_images, image_samples
 from vistumor.data.patches import PatchDataset
+from vistumor.data.pcam import PCamDataset, PCamFiles, labels_file
 from vistumor.errors import ConfigError
 from vistumor.tiling.manifest import Manifest, load_manifest
 
@@ -95,3 +97,22 @@ class ImageFolderSource(PatchSource):
         if split not in self.splits:
             raise ConfigError(f"data.datamodule.source.splits has no '{split}' entry")
         return str(self.splits[split])
+
+
+class PCamSource(PatchSource):
+    """The official PatchCamelyon files (:mod:`vistumor.data.pcam`) in ``root`` or ``root/pcam``:
+    split ``train``, ``val`` (the ``valid`` files) or ``test``; no slides, no masks.
+
+    Args:
+        root: the folder holding ``camelyonpatch_level_2_split_*_{x,y}.h5`` (and ``*_meta.csv``).
+    """
+
+    def __init__(self, root: str):
+        self.root = str(root)
+
+    def dataset(self, split: str, image_size: int, transform: A.Compose | None, with_masks: bool) -> Dataset:
+        return PCamDataset(PCamFiles(self.root, split), image_size, transform, with_masks)
+
+    def where(self, split: str) -> str:
+        """The split's labels file (the one a class check is about)."""
+        return str(labels_file(self.root, split))

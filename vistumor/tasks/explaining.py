@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from vistumor.config import checkpoint_paths, plain
@@ -124,6 +125,9 @@ def patch_datasets(cfg: DictConfig, models: list) -> dict[int, Any]:
         return {size: ImagePatchDataset(samples, size) for size in sizes}
     path = (cfg.select.get("manifest") or models[0].hparams.get("manifest_path")
             or cfg.data.datamodule.source.get("manifest_path"))
+    if not path and "manifest_path" not in cfg.data.datamodule.source:  # e.g. data=pcam: its own files
+        source = instantiate(cfg.data.datamodule.source, _convert_="all")
+        return {size: source.dataset(cfg.select.split, size, None, with_masks=True) for size in sizes}
     if not path:
         raise ConfigError("no manifest to explain on: set select.manifest or select.patch_source")
     manifest = ManifestSource(path, annotation_groups=plain(cfg.data.annotation_groups))

@@ -133,6 +133,9 @@ def train(
             inspect them after the run); default: built from ``cfg``.
     """
     start = time.perf_counter()
+    if cfg.get("slides") and not manifest_path_of(cfg):  # refused before hours of training, not after
+        raise ConfigError(f"slides={cfg.slides}: whole-slide inference needs slides, and data={cfg.data.name} "
+                          "holds patches only (no manifest); drop slides=")
     if cfg.get("ckpt_path"):  # a bad checkpoint fails before anything is built or written
         check_compatible(cfg.ckpt_path, cfg.model.backbone, resume=cfg.get("train", True))
     seed(cfg)
