@@ -16,11 +16,12 @@ import tifffile
 from conftest import write_asap_xml
 
 from vistumor.files import write_json
-from vistumor.infer.batch import DONE, FAILED, SKIPPED, merge, run_slides
+from vistumor.infer.batch import infer_slides, merge_tables
 from vistumor.infer.engine import OracleScorer
 from vistumor.infer.inputs import SlideInput
 from vistumor.infer.params import CamSettings, InferParams, LesionSettings
 from vistumor.infer.slide_run import ModelRun, run_slide
+from vistumor.runner import DONE, FAILED, SKIPPED, RunSettings
 from vistumor.wsi.annotations import read_annotations
 
 PINK = (214, 112, 186)
@@ -32,6 +33,7 @@ BLOB = [(1200 + r * np.cos(t), 1100 + r * np.sin(t) * 0.8)
 DISC = [(2900 + 420 * np.cos(t), 900 + 420 * np.sin(t)) for t in np.linspace(0, 2 * np.pi, 48, endpoint=False)]
 RING = [(2300, 1800), (3500, 1800), (3500, 2800), (2300, 2800)]
 HOLE = [(2650, 2050), (3150, 2050), (3150, 2550), (2650, 2550)]
+QUIET = RunSettings(progress=False)
 TILING = {
     "grid": {"patch_size": 256, "stride": None, "level": 0, "target_mpp": None, "min_tissue_fraction": 0.6},
     "tissue": {"downsample": 16, "blur": 5, "min_saturation": 0.07, "max_saturation": 0.3, "min_value": 0.12,
@@ -133,16 +135,16 @@ def test_a_corrupt_slide_fails_alone_and_a_rerun_skips_the_done(oracle_slide, tm
     items = [oracle_slide, SlideInput("broken", broken, 0)]
     model = ModelRun("oracle", OracleScorer(read_annotations(oracle_slide.annotation)), str(oracle_slide.path),
                      TILING, 128, tmp_path / "models" / "oracle")
-    records = run_slides(items, [model], InferParams(), tmp_path, progress=False)
+    records = infer_slides(items, [model], InferParams(), tmp_path, QUIET)
     assert [r["status"] for r in records] == ["done", "failed"]
     assert str(broken) in records[1]["reason"] and "\n" not in records[1]["reason"]
     assert not list((tmp_path / "models" / "oracle").rglob("broken*"))  # no partial output
-    tables = merge(items, [model], tmp_path, records)
+    tables = merge_tables(items, [model], tmp_path, records)
     slides = pd.read_csv(tables["oracle"])
     assert slides["status"].tolist() == ["done", "failed"] and slides["score"].iloc[0] == pytest.approx(1.0)
-    again = run_slides(items, [model], InferParams(), tmp_path, progress=False)
+    again = infer_slides(items, [model], InferParams(), tmp_path, QUIET)
     assert [r["status"] for r in again] == ["skipped", "failed"]
-    changed = run_slides(items[:1], [model], InferParams(lesions=LesionSettings(0.7)), tmp_path, progress=False)
+    changed = infer_slides(items[:1], [model], InferParams(lesions=LesionSettings(0.7)), tmp_path, QUIET)
     assert changed[0]["status"] == "done"  # other settings: redone
 
 
@@ -164,9 +166,9 @@ def test_cam_normalize_run_records_the_runs_largest_slide_scale_in_every_cam_sid
     records = [{"slide": s, "status": status, "models": {} if scale is None else
                 {"m": {"map": True, "cam_scale": scale}}} for s, (status, scale) in facts.items()]
     items = [SlideInput(s, tmp_path / f"{s}.tif", 1) for s in facts]
-    merge(items, [model], tmp_path, records)  # cam.normalize=slide: sidecars untouched
+    merge_tables(items, [model], tmp_path, records)  # cam.normalize=slide: sidecars untouched
     assert "run_scale" not in json.loads(model.path("cams", "a", ".json").read_text())
-    merge(items, [model], tmp_path, records, run_scale=True)
+    merge_tables(items, [model], tmp_path, records, run_scale=True)
     for slide, scale in (("a", 0.5), ("b", 2.0)):
         assert json.loads(model.path("cams", slide, ".json").read_text()) == {
             "slide": slide, "scale": scale, "run_scale": 2.0}
@@ -179,7 +181,7 @@ def test_a_killed_run_leaves_no_temporaries_behind_a_rerun(oracle_slide, tmp_pat
     stale = tmp_path / "models" / "oracle" / "heatmaps" / ".tumor_oracle.npy.abc.tmp"
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"half")
-    run_slides([oracle_slide], [model], InferParams(), tmp_path, progress=False)
+    infer_slides([oracle_slide], [model], InferParams(), tmp_path, QUIET)
     assert not stale.exists()
 
 

@@ -12,7 +12,7 @@ PACKAGE = PROJECT / "vistumor"
 #: stages in data-flow order; a module may import its own stage and earlier ones only.
 #: Shared vocabulary and plumbing come first; ``tasks`` and the entry shims sit on top.
 FLOW = [
-    ("errors", "files", "labels", "config", "stats"),
+    ("errors", "files", "labels", "config", "stats", "runner"),
     ("synthetic",),
     ("wsi",),
     ("tiling",),

@@ -32,8 +32,9 @@ from test_tiling import meta_without_time, out_dir, status_table, store_dir
 
 from vistumor.errors import ManifestError
 from vistumor.files import exclusive
+from vistumor.runner import RunSettings
 from vistumor.tasks.tiling import slide_records, tile, tiling_params
-from vistumor.tiling.jobs import RunParams, run_slides
+from vistumor.tiling.jobs import TilingChecks, tile_slides
 from vistumor.tiling.manifest import load_manifest
 
 
@@ -147,12 +148,12 @@ def test_data_mpp_applies_only_to_slides_without_one(tmp_path, tiling_cfg):
     from vistumor.tiling.jobs import process_slide
 
     records = {r.slide_id: r for r in slide_records(cfg.data)}
-    run = RunParams(verify=False)
+    run = TilingChecks(verify=False)
     facts = {k: process_slide(r, params, tmp_path / "tiles", run) for k, r in records.items()}
     assert facts["cmu"]["read_size"] == facts["cmu"]["size0"] == 513  # 0.499 um/px as recorded: not 1,024
     assert facts["nompp"]["size0"] == 1024  # 0.25 um/px given by data.mpp: level 1, 512 px
     forced = tiling_params(tiling_cfg(data, *overrides, "data.mpp_override=all"))
-    again = process_slide(records["cmu"], forced, tmp_path / "forced", RunParams(verify=False))
+    again = process_slide(records["cmu"], forced, tmp_path / "forced", TilingChecks(verify=False))
     assert again["read_size"] == again["size0"] == 1024
 
 
@@ -230,8 +231,8 @@ def test_two_runs_on_one_folder_tile_each_slide_once(dataset, tiling_cfg, tmp_pa
     params, records = tiling_params(cfg), slide_records(cfg.data)
     folder = tmp_path / "shared"
     results: list[list[dict]] = []
-    run = RunParams(workers=1, progress=False)
-    threads = [threading.Thread(target=lambda: results.append(run_slides(records, params, folder, run)))
+    run = RunSettings(workers=1, progress=False)
+    threads = [threading.Thread(target=lambda: results.append(tile_slides(records, params, folder, run)))
                for _ in range(2)]
     for thread in threads:
         thread.start()

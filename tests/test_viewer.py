@@ -23,7 +23,7 @@ import pytest
 from conftest import write_asap_xml, write_tiff
 from openslide.deepzoom import DeepZoomGenerator
 
-from vistumor.infer.batch import merge, process
+from vistumor.infer.batch import merge_tables, process
 from vistumor.infer.engine import OracleScorer
 from vistumor.infer.inputs import SlideInput
 from vistumor.infer.params import InferParams
@@ -80,7 +80,7 @@ def build_run(folder: Path, lesions: Sequence[Sequence[tuple[float, float]]] = (
                   for name, cells in zip(MODELS, (7, 4), strict=True)]
         record = process(item, models, params, out)
         assert record["status"] == "done", record["reason"]
-    merge(items, models, out)
+    merge_tables(items, models, out)
     description = {
         "models": [{"name": m.name, "checkpoint": m.checkpoint, "input_size": 64, "tiling": TILING,
                     "folder": str(m.folder)} for m in models],

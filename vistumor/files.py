@@ -1,4 +1,4 @@
-"""Atomic writes and file fingerprints: an interrupted run never leaves a half-written file."""
+"""Atomic writes, locks and file fingerprints: an interrupted run never leaves a half-written file."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock
 
 from vistumor.errors import VisTumorError
 from vistumor.labels import parse_label
@@ -48,20 +50,11 @@ def remove_temporaries(path: str | Path) -> int:
 @contextlib.contextmanager
 def exclusive(path: str | Path) -> Iterator[None]:
     """Hold an exclusive lock on ``path`` (created if needed) for the block; another process
-    asking for the same lock waits. POSIX advisory locks; without them (Windows) no lock."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
+    or thread asking for the same lock waits (``filelock``: POSIX and Windows alike)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+b") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with FileLock(path):
+        yield
 
 
 def write_text(path: str | Path, text: str) -> None:

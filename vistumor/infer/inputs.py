@@ -1,5 +1,6 @@
 """Which slides to run on: a split of the checkpoint's manifest, every slide of a data
-config, or a folder or list of slide files in any format OpenSlide reads."""
+config, or a folder or list of slide files in any format OpenSlide reads. Slides and their
+annotations are found by the catalog's one rule (:mod:`vistumor.wsi.catalog`)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,8 @@ from pathlib import Path
 from vistumor.errors import ConfigError
 from vistumor.files import read_slide_table
 from vistumor.labels import CLASSES, parse_label
-from vistumor.tiling.catalog import ANNOTATION_SUFFIXES
 from vistumor.tiling.manifest import read_meta, slides_in
-from vistumor.wsi.slide import SLIDE_SUFFIXES
+from vistumor.wsi.catalog import Annotations, glob_slides, slide_files
 
 SPLITS = ("train", "val", "test")
 
@@ -46,39 +46,19 @@ def from_layout(root: str | Path, layout: Mapping) -> list[SlideInput]:
     """Every slide a data layout lists (``layout.slides``: kind -> globs; kinds other than
     normal/tumor are unlabelled unless ``layout.reference`` names a ``slide,label`` CSV)."""
     root = Path(root)
-    if not root.is_dir():
-        raise ConfigError("data folder not found", root)
-    ann_dir = root / layout["annotation_dir"] if layout.get("annotation_dir") else None
-    found: dict[str, SlideInput] = {}
-    for kind, patterns in (layout.get("slides") or {}).items():
-        for pattern in [patterns] if isinstance(patterns, str) else patterns:
-            for path in sorted(root.glob(pattern)):
-                if path.is_file() and not path.name.startswith("."):
-                    other = found.get(path.stem)
-                    if other is not None and other.path != path:
-                        raise ConfigError(f"{other.path} and {path} are both slide '{path.stem}'", root)
-                    annotation = _annotation(ann_dir, path.stem)
-                    found[path.stem] = SlideInput(path.stem, path, CLASSES.get(kind), annotation)
+    found = glob_slides(root, layout.get("slides") or {})
+    annotations = Annotations(root / layout["annotation_dir"] if layout.get("annotation_dir") else None)
+    slides = sorted((SlideInput(p.stem, p, CLASSES.get(kind), annotations.find(p.stem)) for kind, p in found),
+                    key=lambda s: s.slide_id)
     reference = layout.get("reference")
-    slides = sorted(found.values(), key=lambda s: s.slide_id)
     return with_reference(slides, root / reference) if reference else slides
 
 
 def from_files(paths: Sequence[str | Path], annotations: str | Path | None = None) -> list[SlideInput]:
-    """Slide files, or folders searched for them (:data:`SLIDE_SUFFIXES`)."""
-    files: list[Path] = []
-    for given in paths:
-        path = Path(given)
-        if path.is_dir():
-            files += sorted(p for p in path.iterdir() if p.suffix.lower() in SLIDE_SUFFIXES and p.is_file())
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise ConfigError("slide file or folder not found", path)
-    if not files:
-        raise ConfigError(f"no slide files ({', '.join(SLIDE_SUFFIXES)}) in {[str(p) for p in paths]}")
-    ann_dir = Path(annotations) if annotations else None
-    return [SlideInput(p.stem, p, None, _annotation(ann_dir, p.stem)) for p in files]
+    """Slide files, or folders searched for them (:func:`vistumor.wsi.catalog.slide_files`);
+    two files of one slide name (``a.tif`` and ``a.TIF``) are refused before any is run."""
+    found = Annotations(annotations)
+    return [SlideInput(p.stem, p, None, found.find(p.stem)) for p in slide_files(paths)]
 
 
 def with_reference(slides: list[SlideInput], reference: str | Path) -> list[SlideInput]:
@@ -88,13 +68,3 @@ def with_reference(slides: list[SlideInput], reference: str | Path) -> list[Slid
     labels = {Path(slide).stem.lower(): label for _, slide, label, _ in rows}
     return [SlideInput(s.slide_id, s.path, labels.get(s.slide_id.lower(), s.label), s.annotation)
             for s in slides]
-
-
-def _annotation(folder: Path | None, slide_id: str) -> Path | None:
-    if folder is None:
-        return None
-    for suffix in ANNOTATION_SUFFIXES:
-        for name in (slide_id, slide_id.lower(), slide_id.capitalize()):
-            if (folder / f"{name}{suffix}").is_file():
-                return folder / f"{name}{suffix}"
-    return None

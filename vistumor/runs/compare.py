@@ -24,8 +24,8 @@ from vistumor.explain import localization
 from vistumor.files import write_text
 from vistumor.labels import CLASSES
 from vistumor.model import metrics
+from vistumor.runner import DONE
 from vistumor.runs import intervals
-from vistumor.tiling.jobs import DONE
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ scores and figures -> status table, slide tables, evaluation."""
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ from vistumor.errors import ConfigError
 from vistumor.explain.report import unique_names
 from vistumor.files import write_json
 from vistumor.infer import inputs
-from vistumor.infer.batch import merge, run_slides
+from vistumor.infer.batch import WORK, infer_slides, merge_tables
 from vistumor.infer.engine import ModelScorer
 from vistumor.infer.params import (
     CamSettings,
@@ -30,31 +30,18 @@ from vistumor.infer.slide_run import ModelRun
 from vistumor.labels import name
 from vistumor.model.checkpoints import load_classifier
 from vistumor.model.devices import inference_device
+from vistumor.runner import RunSettings, counts, counts_line
 from vistumor.tasks.slide_evaluation import evaluate_run
 from vistumor.tasks.tiling import ensure_dataset
-from vistumor.tiling.catalog import shard
-from vistumor.tiling.jobs import ENDINGS
 from vistumor.tiling.manifest import read_meta
 
 log = logging.getLogger(__name__)
-
-STAGES = ("all", "infer", "merge")
-
-
-@dataclass(frozen=True)
-class RunSettings:
-    shard_index: int = 0
-    num_shards: int = 1
-    stage: str = "all"
-    progress: bool = True
 
 
 def infer(cfg: DictConfig) -> dict[str, Any]:
     """Run the checkpoints over the slides; returns a summary (also ``run.json``)."""
     params = infer_params(cfg)
-    run = build(RunSettings, plain(cfg.run), "run")
-    if run.stage not in STAGES:
-        raise ConfigError(f"run.stage must be one of {STAGES}, got {run.stage!r}")
+    run = build(RunSettings, plain(cfg.run), "run").check_stage(WORK, "run")
     out = Path(cfg.paths.output_dir)
     models = load_models(checkpoint_paths(cfg), inference_device(cfg.device), out, params)
     items = slide_inputs(cfg, models)
@@ -63,20 +50,21 @@ def infer(cfg: DictConfig) -> dict[str, Any]:
 
 
 def run_models(models: list[ModelRun], items: list[inputs.SlideInput], params: InferParams, out: Path,
-               run: RunSettings = RunSettings(), evaluate_mode: str | None = "official",
+               run: RunSettings | None = None, evaluate_mode: str | None = "official",
                patients: str | None = None) -> dict[str, Any]:
     """The slides of this shard through every model, then (unsharded) the tables and the
     evaluation; also what training runs on its test slides after testing."""
-    mine = shard(items, run.shard_index, run.num_shards)
+    run = run or RunSettings()
     write_json(out / "run.json", run_description(models, items, params))
-    summary: dict[str, Any] = {"run_dir": str(out), "slides": len(mine), "models": [m.name for m in models]}
+    summary: dict[str, Any] = {"run_dir": str(out), "slides": len(run.mine(items)),
+                               "models": [m.name for m in models]}
     records = None
-    if run.stage in ("all", "infer"):
-        records = run_slides(mine, models, params, out, run.progress)
-        for state in ENDINGS:
-            summary[state] = sum(r["status"] == state for r in records)
-    if run.stage == "merge" or (run.stage == "all" and run.num_shards == 1):
-        tables = merge(items, models, out, records, run_scale=params.cam.normalize == "run")
+    if run.works:
+        records = infer_slides(items, models, params, out, run)
+        summary.update(counts(records))
+        log.info("whole slides: %s", counts_line(summary))
+    if run.merges:
+        tables = merge_tables(items, models, out, records, run_scale=params.cam.normalize == "run")
         summary["tables"] = {k: str(v) for k, v in tables.items()}
         if evaluate_mode:
             summary["evaluation"] = evaluate_run(items, models, out, evaluate_mode, patients=patients)

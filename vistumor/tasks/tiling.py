@@ -9,11 +9,12 @@ from typing import Any
 from omegaconf import DictConfig
 
 from vistumor import synthetic
-from vistumor.config import build, plain
+from vistumor.config import build, build_parts, plain
 from vistumor.errors import ConfigError
+from vistumor.runner import RunSettings, counts, counts_line
 from vistumor.tiling import catalog
-from vistumor.tiling.jobs import ENDINGS, RunParams, run_slides
-from vistumor.tiling.merge import manifest_spec, merge, write_status_table
+from vistumor.tiling.jobs import WORK, TilingChecks, tile_slides
+from vistumor.tiling.merge import manifest_spec, merge_manifest, write_status_table
 from vistumor.tiling.params import GridParams, LabelParams, TilingParams
 from vistumor.tiling.sampling import SamplingParams, SplitParams
 from vistumor.tiling.tissue import TissueParams
@@ -80,32 +81,37 @@ def spec(cfg: DictConfig) -> dict:
 # -- the task -------------------------------------------------------------------------------
 
 
+def run_settings(cfg: DictConfig) -> tuple[RunSettings, TilingChecks]:
+    """``tiling.run``: the runner's settings and what tiling checks as it goes."""
+    settings, checks = build_parts(plain(cfg.tiling.run), "tiling.run", RunSettings, TilingChecks)
+    return settings.check_stage(WORK, "tiling.run"), checks
+
+
 def tile(cfg: DictConfig) -> dict:
     """Tile the dataset's slides (this shard's) and, unless sharded, build the manifest.
 
     Returns:
         ``out_dir``, counts of done / skipped / failed slides, and ``manifest`` when written.
     """
-    run = build(RunParams, plain(cfg.tiling.run), "tiling.run")
+    run, checks = run_settings(cfg)
     params = tiling_params(cfg)
     sampling, split = sampling_and_split(cfg)
     records = slide_records(cfg.data)
-    mine = catalog.shard(records, run.shard_index, run.num_shards)
     out_dir = Path(cfg.tiling.out_dir)
     store_dir = slide_results_dir(cfg, params)
-    summary: dict[str, Any] = {"out_dir": str(out_dir), "slides_dir": str(store_dir), "slides": len(mine)}
+    summary: dict[str, Any] = {"out_dir": str(out_dir), "slides_dir": str(store_dir),
+                               "slides": len(run.mine(records))}
     statuses = None
-    if run.stage in ("all", "tile"):
-        log.info("tiling %d slide(s) into %s with %d worker(s)", len(mine), store_dir, run.workers)
-        statuses = run_slides(mine, params, store_dir, run)
-        for name in ENDINGS:
-            summary[name] = sum(s["status"] == name for s in statuses)
+    if run.works:
+        log.info("tiling %d slide(s) into %s with %d worker(s)", summary["slides"], store_dir, run.workers)
+        statuses = tile_slides(records, params, store_dir, run, checks)
+        summary.update(counts(statuses))
+        log.info("tiling: %s", counts_line(summary))
         name = "status.csv" if run.num_shards == 1 else f"status.shard{run.shard_index}of{run.num_shards}.csv"
         summary["status_csv"] = str(write_status_table(out_dir, statuses, name))
-    if run.stage == "merge" or (run.stage == "all" and run.num_shards == 1):
-        summary["manifest"] = str(
-            merge(records, params, sampling, split, cfg.tiling.seed, out_dir, statuses, run.strict, store_dir)
-        )
+    if run.merges:
+        summary["manifest"] = str(merge_manifest(records, params, sampling, split, cfg.tiling.seed, out_dir,
+                                                 statuses, run.strict, store_dir))
         summary["status_csv"] = str(out_dir / "status.csv")
     elif run.num_shards > 1:
         log.info("shard %d/%d done: run tiling.run.stage=merge once every shard has finished",

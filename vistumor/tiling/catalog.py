@@ -2,7 +2,8 @@
 
 The layout is configuration (``data.layout``): CAMELYON16 keeps normal and tumor slides in
 ``training/normal`` and ``training/tumor`` and the tumor outlines, one file per slide named
-after it, in ``training/lesion_annotations``.
+after it, in ``training/lesion_annotations``. Files are found and matched by the one rule of
+:mod:`vistumor.wsi.catalog` (names ignore case; two files of one name are refused).
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ from pathlib import Path
 
 from vistumor.errors import ConfigError
 from vistumor.labels import CLASS_NAMES
+from vistumor.wsi.catalog import ANNOTATION_SUFFIXES, Annotations, glob_slides
 
 #: slide kinds: a tumor slide has lesions (and must have an annotation), a normal one none
 KINDS = CLASS_NAMES
-ANNOTATION_SUFFIXES = (".xml", ".geojson", ".json")
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,7 @@ class SlideRecord:
     """One slide of a dataset.
 
     Attributes:
-        slide_id: file stem, unique within the dataset.
+        slide_id: file stem, unique within the dataset (ignoring case).
         kind: ``tumor`` (has lesions, must have an annotation) or ``normal``.
         annotation: the annotation file, or None when there is none.
         annotation_dir: where the annotation was looked for (for messages).
@@ -54,40 +55,11 @@ def find_slides(
     unknown = set(globs) - set(KINDS)
     if unknown:
         raise ConfigError(f"data.layout.slides has unknown kinds {sorted(unknown)}; known: {KINDS}")
-    if not root.is_dir():
-        raise ConfigError("data folder not found", root)
     ann_dir = root / annotation_dir if annotation_dir else None
-    records: dict[str, SlideRecord] = {}
-    for kind, patterns in globs.items():
-        for pattern in [patterns] if isinstance(patterns, str) else patterns:
-            for path in sorted(root.glob(pattern)):
-                if not path.is_file() or path.name.startswith("."):
-                    continue
-                slide_id = path.stem
-                if slide_id in records:
-                    raise ConfigError(
-                        f"slide id '{slide_id}' is used twice: {records[slide_id].path} and {path}"
-                    )
-                annotation = _annotation_for(ann_dir, slide_id, annotation_suffixes)
-                records[slide_id] = SlideRecord(slide_id, path, kind, annotation, ann_dir)
+    annotations = Annotations(ann_dir, annotation_suffixes)
+    records = [SlideRecord(path.stem, path, kind, annotations.find(path.stem), ann_dir)
+               for kind, path in glob_slides(root, globs)]
     if not records:
         patterns = {k: list(v) if not isinstance(v, str) else [v] for k, v in globs.items()}
         raise ConfigError(f"no slides found (looked for {patterns})", root)
-    return [records[k] for k in sorted(records)]
-
-
-def _annotation_for(folder: Path | None, slide_id: str, suffixes: Sequence[str]) -> Path | None:
-    if folder is None:
-        return None
-    for suffix in suffixes:
-        candidate = folder / f"{slide_id}{suffix}"
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def shard(records: Sequence[SlideRecord], index: int, count: int) -> list[SlideRecord]:
-    """The slides of shard ``index`` of ``count`` (round-robin over the sorted list)."""
-    if count < 1 or not 0 <= index < count:
-        raise ConfigError(f"shard_index={index} must be in [0, num_shards={count})")
-    return list(records[index::count])
+    return sorted(records, key=lambda r: r.slide_id)

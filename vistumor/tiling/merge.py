@@ -1,7 +1,7 @@
 """The global step of tiling: per-slide results -> status table + manifest.
 
 The per-slide jobs (:mod:`vistumor.tiling.jobs`) may run in one process pool or as the
-shards of a cluster array job; ``merge`` then reads every slide's result, writes the
+shards of a cluster array job; :func:`merge_manifest` then reads every slide's result, writes the
 status table, balances and splits (:mod:`vistumor.tiling.sampling`) and writes the manifest
 (:mod:`vistumor.tiling.manifest`). It is cheap, so changing sampling or split re-runs only this.
 """
@@ -17,8 +17,9 @@ import pandas as pd
 
 from vistumor.errors import ManifestError
 from vistumor.files import atomic_path
+from vistumor.runner import DONE, FAILED, PENDING, SKIPPED, collect
 from vistumor.tiling.catalog import SlideRecord
-from vistumor.tiling.jobs import DONE, FAILED, PENDING, SKIPPED, SlideStore
+from vistumor.tiling.jobs import SlideStore, TilingJob
 from vistumor.tiling.manifest import write_manifest
 from vistumor.tiling.params import TilingParams
 from vistumor.tiling.sampling import SamplingParams, SplitParams, sample_manifest
@@ -42,7 +43,7 @@ def write_status_table(
     return path
 
 
-def merge(
+def merge_manifest(
     records: Sequence[SlideRecord],
     params: TilingParams,
     sampling: SamplingParams,
@@ -61,8 +62,7 @@ def merge(
         store_dir: where the per-slide results are (default: ``out_dir``).
     """
     store = SlideStore(store_dir or out_dir)
-    known = {s["slide_id"]: s for s in statuses or []}
-    statuses = [known.get(r.slide_id) or store.read_status(r) for r in records]
+    statuses = collect(records, TilingJob(params, store.root), store.root, statuses)
     write_status_table(out_dir, statuses)
     ok = [s for s in statuses if s["status"] in (DONE, SKIPPED) and s.get("params_hash") == params.hash]
     failed = [s for s in statuses if s["status"] == FAILED]

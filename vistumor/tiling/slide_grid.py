@@ -17,11 +17,12 @@ import shapely
 from vistumor.errors import AnnotationError, SlideError
 from vistumor.labels import AMBIGUOUS, CLASS_NAMES, NORMAL, TUMOR
 from vistumor.tiling import qc
-from vistumor.tiling.catalog import ANNOTATION_SUFFIXES, SlideRecord
+from vistumor.tiling.catalog import SlideRecord
 from vistumor.tiling.grid import GridSpec, box_fractions, grid_coordinates, keep_tissue, label_tiles
 from vistumor.tiling.params import GridParams, TilingParams
 from vistumor.tiling.tissue import TissueParams, tissue_mask
 from vistumor.wsi.annotations import TumorAnnotation, read_annotations
+from vistumor.wsi.catalog import ANNOTATION_SUFFIXES
 from vistumor.wsi.slide import Slide
 
 log = logging.getLogger(__name__)
