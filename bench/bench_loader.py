@@ -32,9 +32,10 @@ from torch.utils.data import DataLoader  # noqa: E402
 
 from vistumor.data.augment import build_pipeline  # noqa: E402
 from vistumor.data.patches import PatchDataset  # noqa: E402
+from vistumor.runner import RunSettings  # noqa: E402
 from vistumor.synthetic import generate_dataset  # noqa: E402
 from vistumor.tiling.catalog import find_slides  # noqa: E402
-from vistumor.tiling.jobs import RunParams, SlideStore, run_slides  # noqa: E402
+from vistumor.tiling.jobs import SlideStore, tile_slides  # noqa: E402
 from vistumor.tiling.manifest import load_manifest  # noqa: E402
 from vistumor.tiling.params import GridParams, TilingParams  # noqa: E402
 
@@ -48,7 +49,7 @@ def make_tiles(work: Path, size: int, stride: int, workers: int) -> pd.DataFrame
     records = find_slides(data, {"normal": ["training/normal/*.tif"], "tumor": ["training/tumor/*.tif"]},
                           "training/lesion_annotations")
     params = TilingParams(GridParams(stride=stride))
-    run_slides(records, params, work / "tiles", RunParams(workers=min(4, workers), progress=False))
+    tile_slides(records, params, work / "tiles", RunSettings(workers=min(4, workers), progress=False))
     store = SlideStore(work / "tiles")
     return pd.concat([store.read_tiles(r.slide_id) for r in records], ignore_index=True)
 

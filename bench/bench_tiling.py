@@ -132,7 +132,7 @@ def peak_rss_mb() -> float:
 
 def measure(kind: str, slide: Path, xml: Path, out: Path) -> dict:
     from vistumor.tiling.catalog import SlideRecord
-    from vistumor.tiling.jobs import RunParams, process_slide
+    from vistumor.tiling.jobs import TilingChecks, process_slide
     from vistumor.tiling.params import TilingParams
     from vistumor.wsi.slide import Slide
 
@@ -143,7 +143,7 @@ def measure(kind: str, slide: Path, xml: Path, out: Path) -> dict:
             image, ds = s.thumbnail(params.tissue.downsample)
         extra = {"thumbnail": list(image.shape), "downsample": ds}
     else:
-        run = RunParams(verify=kind == "verify")
+        run = TilingChecks(verify=kind == "verify")
         status = process_slide(SlideRecord(slide.stem, slide, "tumor", xml), params, out, run)
         if status["status"] != "done":
             raise SystemExit(status["reason"])
