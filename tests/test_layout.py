@@ -13,8 +13,8 @@ PACKAGE = PROJECT / "vistumor"
 #: Shared vocabulary and plumbing come first; ``tasks`` and the entry shims sit on top.
 FLOW = [
     ("errors", "files", "labels", "config", "stats", "runner"),
+    ("wsi",),  # slide and annotation files: the formats the synthetic generator writes
     ("synthetic",),
-    ("wsi",),
     ("tiling",),
     ("data",),
     ("model",),

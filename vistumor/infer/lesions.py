@@ -1,20 +1,17 @@
 """Lesions from the probability map: connected cells above a threshold, as polygons in
-level-0 px, exported for QuPath (GeoJSON) and ASAP (XML); both read back through
+level-0 px, exported for QuPath (GeoJSON) and ASAP (XML) through the writers of
+:mod:`vistumor.wsi.geojson` and :mod:`vistumor.wsi.asap`; both read back through
 :func:`vistumor.wsi.annotations.read_annotations`.
 
 A lesion's outline follows its cells' edges exactly (the union of the cell squares), so
 its area is the area of its cells; holes (cells below the threshold inside a lesion) stay
-holes: GeoJSON polygon interiors, ASAP ``Exclusion`` polygons. The two writers
-(:func:`geojson_feature`, :func:`asap_xml`) also write the viewer's reviewed lesions.
+holes: GeoJSON polygon interiors, ASAP ``Exclusion`` polygons.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-from xml.sax.saxutils import quoteattr
 
 import cv2
 import numpy as np
@@ -22,9 +19,10 @@ import shapely
 from shapely.geometry import MultiPolygon, Polygon
 
 from vistumor.files import write_json, write_text
+from vistumor.wsi.asap import HOLE_GROUP, asap_xml
+from vistumor.wsi.geojson import feature_collection, geojson_feature
 
 TUMOR_CLASS, TUMOR_COLOUR = "Tumor", (200, 0, 0)
-HOLE_GROUP = "Exclusion"
 #: ASAP group -> colour, in the order the groups are defined
 GROUP_COLOURS = {TUMOR_CLASS: "#{:02X}{:02X}{:02X}".format(*TUMOR_COLOUR), HOLE_GROUP: "#64FE2E"}
 
@@ -91,59 +89,18 @@ def cells_polygon(rows: np.ndarray, cols: np.ndarray, cell_px: float):
 
 def to_geojson(lesions: list[Lesion], slide_id: str) -> dict:
     """A QuPath GeoJSON FeatureCollection: one ``Polygon`` annotation per lesion."""
-    return {"type": "FeatureCollection", "features": [
+    return feature_collection(
         geojson_feature(f"{slide_id}-lesion-{i}", f"lesion {i}", lesion.polygon, TUMOR_CLASS, TUMOR_COLOUR,
                         measurements={"tumor_probability": round(lesion.max_prob, 6),
                                       "mean_probability": round(lesion.mean_prob, 6),
                                       "area_mm2": None if lesion.area_mm2 is None else round(lesion.area_mm2, 6)})
-        for i, lesion in enumerate(lesions, 1)]}
+        for i, lesion in enumerate(lesions, 1))
 
 
 def to_asap_xml(lesions: list[Lesion]) -> str:
     """ASAP XML: each lesion a ``Tumor`` polygon, each hole an ``Exclusion`` polygon."""
-    return asap_xml([(f"lesion {i}", TUMOR_CLASS, lesion.polygon) for i, lesion in enumerate(lesions, 1)])
-
-
-# -- the writers, shared with the viewer's reviews ---------------------------------------------
-
-
-def geojson_feature(feature_id: str, name: str, polygon: Polygon, classification: str,
-                    colour: tuple[int, int, int], **properties: Any) -> dict:
-    """One QuPath ``Polygon`` annotation (holes as interior rings, level-0 px to 0.01 px)
-    with ``properties`` (e.g. ``measurements``) beside its name and classification."""
-    rings = [polygon.exterior, *polygon.interiors]
-    return {
-        "type": "Feature",
-        "id": feature_id,
-        "geometry": {"type": "Polygon", "coordinates": [
-            [[round(x, 2), round(y, 2)] for x, y in ring.coords] for ring in rings]},
-        "properties": {"objectType": "annotation", "name": name,
-                       "classification": {"name": classification, "color": list(colour)}, **properties},
-    }
-
-
-def asap_xml(polygons: Iterable[tuple[str, str, Polygon]], colours: Mapping[str, str] = GROUP_COLOURS) -> str:
-    """ASAP XML of ``(name, group, polygon)``: each outline in its group, each hole an
-    ``Exclusion`` polygon named ``<name> hole <j>``. Every group of ``colours`` (which must
-    hold the ones used, ``Exclusion`` included) is defined under ``AnnotationGroups``: ASAP
-    refuses a file naming an undefined one."""
-    parts = ['<?xml version="1.0"?>', "<ASAP_Annotations>", "\t<Annotations>"]
-    for name, group, polygon in polygons:
-        rings = [(group, name, polygon.exterior)]
-        rings += [(HOLE_GROUP, f"{name} hole {j}", ring) for j, ring in enumerate(polygon.interiors, 1)]
-        for ring_group, ring_name, ring in rings:
-            parts.append(f"\t\t<Annotation Name={quoteattr(ring_name)} Type=\"Polygon\" PartOfGroup="
-                         f"{quoteattr(ring_group)} Color=\"{colours[ring_group]}\">")
-            parts.append("\t\t\t<Coordinates>")
-            parts += [f'\t\t\t\t<Coordinate Order="{k}" X="{x:.2f}" Y="{y:.2f}" />'
-                      for k, (x, y) in enumerate(list(ring.coords)[:-1])]
-            parts += ["\t\t\t</Coordinates>", "\t\t</Annotation>"]
-    parts += ["\t</Annotations>", "\t<AnnotationGroups>"]
-    for group, colour in colours.items():
-        parts += [f'\t\t<Group Name={quoteattr(group)} PartOfGroup="None" Color="{colour}">',
-                  "\t\t\t<Attributes />", "\t\t</Group>"]
-    parts += ["\t</AnnotationGroups>", "</ASAP_Annotations>"]
-    return "\n".join(parts) + "\n"
+    return asap_xml([(f"lesion {i}", TUMOR_CLASS, lesion.polygon) for i, lesion in enumerate(lesions, 1)],
+                    GROUP_COLOURS)
 
 
 def write_lesions(folder: Path, slide_id: str, lesions: list[Lesion]) -> tuple[Path, Path]:

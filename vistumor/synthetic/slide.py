@@ -15,7 +15,7 @@ from vistumor.synthetic.lesions import place_lesions, rasterise
 from vistumor.synthetic.stages import CYCLE, place_category_lesions
 from vistumor.synthetic.stain import Stain, compose
 from vistumor.synthetic.tissue import Style, region_maps
-from vistumor.synthetic.writer import asap_xml, write_tiff
+from vistumor.synthetic.writer import annotation_xml, write_tiff
 
 KIND_CODES = {"normal": 0, "tumor": 1}
 _REF_MPP = 0.25  # cell and lesion sizes are in level-0 pixels at this resolution
@@ -89,7 +89,7 @@ def generate_slide(
     levels = write_tiff(Path(path), image, mpp, stain.jpeg_quality)
     if annotation_path is not None:
         with atomic_path(Path(annotation_path)) as tmp:
-            tmp.write_text(asap_xml(outlines), encoding="utf-8")
+            tmp.write_text(annotation_xml(outlines), encoding="utf-8")
     return {
         "kind": kind,
         "size": size,

@@ -8,9 +8,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import tifffile
+from shapely.geometry import Polygon
 
 from vistumor.files import atomic_path
 from vistumor.synthetic.lesions import Outline
+from vistumor.wsi.asap import asap_xml
 
 TILE = 256
 
@@ -46,31 +48,14 @@ def write_tiff(path: Path, image: np.ndarray, mpp: float, quality: int) -> list[
     return [[lv.shape[1], lv.shape[0]] for lv in levels]
 
 
-def _fmt(value: float) -> str:
-    text = f"{value:.3f}".rstrip("0").rstrip(".")
-    return text if text != "-0" else "0"
+#: CAMELYON16's groups and colours: ``_0`` and ``_1`` lesions, ``_2`` exclusions
+GROUP_COLOURS = {"_0": "#FF0000", "_1": "#FF0000", "_2": "#00FF00"}
+#: every annotation's own colour in CAMELYON16's files
+ANNOTATION_COLOUR = "#F4FA58"
 
 
-def asap_xml(outlines: Sequence[Outline]) -> str:
-    """ASAP annotation XML exactly as in CAMELYON16 (tabs, groups _0, _1, _2)."""
-    lines = ['<?xml version="1.0"?>', "<ASAP_Annotations>", "\t<Annotations>"]
-    for outline in outlines:
-        lines += [
-            f'\t\t<Annotation Name="{outline.name}" Type="Polygon" '
-            f'PartOfGroup="{outline.group}" Color="#F4FA58">',
-            "\t\t\t<Coordinates>",
-        ]
-        lines += [
-            f'\t\t\t\t<Coordinate Order="{i}" X="{_fmt(x)}" Y="{_fmt(y)}" />'
-            for i, (x, y) in enumerate(outline.vertices)
-        ]
-        lines += ["\t\t\t</Coordinates>", "\t\t</Annotation>"]
-    lines += ["\t</Annotations>", "\t<AnnotationGroups>"]
-    for group, colour in (("_0", "#FF0000"), ("_1", "#FF0000"), ("_2", "#00FF00")):
-        lines += [
-            f'\t\t<Group Name="{group}" PartOfGroup="None" Color="{colour}">',
-            "\t\t\t<Attributes />",
-            "\t\t</Group>",
-        ]
-    lines += ["\t</AnnotationGroups>", "</ASAP_Annotations>", ""]
-    return "\n".join(lines)
+def annotation_xml(outlines: Sequence[Outline]) -> str:
+    """ASAP annotation XML exactly as in CAMELYON16 (tabs, groups _0, _1, _2); vertices are
+    multiples of 1/8 px, so three decimals write them exactly."""
+    return asap_xml([(o.name, o.group, Polygon(o.vertices)) for o in outlines], GROUP_COLOURS,
+                    annotation_colour=ANNOTATION_COLOUR, decimals=3)

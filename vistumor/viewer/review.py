@@ -43,8 +43,10 @@ from shapely.geometry import Polygon
 
 from vistumor.errors import VisTumorError
 from vistumor.files import atomic_path, fingerprint
-from vistumor.infer.lesions import TUMOR_CLASS, TUMOR_COLOUR, asap_xml, geojson_feature
+from vistumor.infer.lesions import GROUP_COLOURS, TUMOR_CLASS, TUMOR_COLOUR
 from vistumor.viewer.run import NotFound, RunFolder
+from vistumor.wsi.asap import asap_xml
+from vistumor.wsi.geojson import geojson_feature
 
 #: the most a review may weigh (checked from ``Content-Length`` before reading), the longest
 #: comment and reviewer name
@@ -229,7 +231,7 @@ def review_geojson(found: Sequence[Outline]) -> dict[str, Any]:
 
 def review_xml(found: Sequence[Outline]) -> str:
     """ASAP XML: every reviewed tumor polygon in group ``Tumor``, holes in ``Exclusion``."""
-    return asap_xml([(o.name, TUMOR_CLASS, o.polygon) for o in found])
+    return asap_xml([(o.name, TUMOR_CLASS, o.polygon) for o in found], GROUP_COLOURS)
 
 
 # -- the run's reviews ----------------------------------------------------------------------------

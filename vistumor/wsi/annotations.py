@@ -1,34 +1,29 @@
-"""Pathologists' lesion annotations: CAMELYON16 ASAP XML and QuPath-style GeoJSON.
+"""Pathologists' lesion annotations as a tumor geometry, queried by level-0 boxes.
 
 Annotations live in level-0 pixel coordinates and need no slide: ``read_annotations(path)``
-returns a :class:`TumorAnnotation` whose geometry is the union of the tumor polygons minus
-the union of the exclusion polygons (CAMELYON16 group ``_2`` marks non-tumor regions drawn
-inside a lesion). Which group means what is configuration, because datasets name groups
-differently; an unmapped group is an error, never silently dropped.
-
-XML is parsed with defusedxml with DTDs forbidden, so entity-expansion bombs and external
-entities are refused.
+reads CAMELYON16 ASAP XML (:mod:`vistumor.wsi.asap`) or QuPath GeoJSON
+(:mod:`vistumor.wsi.geojson`) and returns a :class:`TumorAnnotation` whose geometry is the
+union of the tumor polygons minus the union of the exclusion polygons (CAMELYON16 group
+``_2`` marks non-tumor regions drawn inside a lesion). Which group means what is
+configuration, because datasets name groups differently; an unmapped group is an error,
+never silently dropped.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from xml.etree.ElementTree import Element, ParseError
 
-import defusedxml
-import defusedxml.ElementTree as safe_et
 import numpy as np
 import shapely
-from shapely.geometry import MultiPolygon, Polygon
+from shapely.geometry import Polygon
 from shapely.geometry.base import BaseGeometry
 
 from vistumor.errors import AnnotationError
-
-log = logging.getLogger(__name__)
+from vistumor.wsi.asap import HOLE_GROUP, read_asap_xml
+from vistumor.wsi.geojson import read_geojson
+from vistumor.wsi.shapes import polygon_parts, polygonal
 
 #: what an annotation group means (config ``data.annotation_groups``)
 ROLE_TUMOR, ROLE_EXCLUDE, ROLE_IGNORE = "tumor", "exclude", "ignore"
@@ -40,12 +35,8 @@ DEFAULT_GROUPS: dict[str, str] = {
     "_1": ROLE_TUMOR,
     "Tumor": ROLE_TUMOR,
     "_2": ROLE_EXCLUDE,
-    "Exclusion": ROLE_EXCLUDE,
+    HOLE_GROUP: ROLE_EXCLUDE,
 }
-
-# ASAP annotation types that describe an area; points carry none and are skipped.
-_AREA_TYPES = {"polygon", "spline", "rectangle"}
-_POINT_TYPES = {"dot", "pointset"}
 
 
 @dataclass(frozen=True)
@@ -74,7 +65,7 @@ class TumorAnnotation:
         geometry = shapely.union_all(tumor) if tumor else Polygon()
         if exclude:
             geometry = geometry.difference(shapely.union_all(exclude))
-        self.geometry: BaseGeometry = _polygonal(geometry)
+        self.geometry: BaseGeometry = polygonal(geometry)
         shapely.prepare(self.geometry)
 
     @property
@@ -89,9 +80,7 @@ class TumorAnnotation:
     @property
     def polygons(self) -> list[Polygon]:
         """The tumor geometry as polygons with holes, largest first."""
-        geom = self.geometry
-        parts = list(geom.geoms) if isinstance(geom, MultiPolygon) else [geom]
-        return sorted((p for p in parts if not p.is_empty), key=lambda p: -p.area)
+        return sorted(polygon_parts(self.geometry), key=lambda p: -p.area)
 
     # -- area fractions ---------------------------------------------------------------------
 
@@ -237,13 +226,13 @@ def read_annotations(
         raise AnnotationError("annotation file not found", path)
     suffix = path.suffix.lower()
     if suffix == ".xml":
-        raw = _read_asap_xml(path)
+        shapes = read_asap_xml(path)
     elif suffix in (".geojson", ".json"):
-        raw = _read_geojson(path)
+        shapes = read_geojson(path)
     else:
         raise AnnotationError(f"unknown annotation format '{suffix}' (expected .xml, .geojson, .json)", path)
     regions = []
-    for name, group, polygon in raw:
+    for name, group, polygon, *_ in shapes:
         if group not in groups:
             raise AnnotationError(
                 f"annotation group '{group}' (in '{name}') is not mapped; known: {sorted(groups)}. "
@@ -251,114 +240,5 @@ def read_annotations(
                 path,
             )
         if groups[group] != ROLE_IGNORE:
-            regions.append(Region(name, group, groups[group], polygon))
+            regions += [Region(name, group, groups[group], part) for part in polygon_parts(polygon)]
     return TumorAnnotation(regions, source=path)
-
-
-def _read_asap_xml(path: Path) -> list[tuple[str, str, BaseGeometry]]:
-    try:
-        root = safe_et.parse(str(path), forbid_dtd=True).getroot()
-    except defusedxml.DefusedXmlException as err:
-        raise AnnotationError(f"refused hostile XML ({type(err).__name__}: {err})", path) from err
-    except ParseError as err:
-        raise AnnotationError(f"malformed XML ({err})", path) from err
-    if root.tag != "ASAP_Annotations":
-        raise AnnotationError(f"not an ASAP annotation file (root element <{root.tag}>)", path)
-    regions = []
-    for i, node in enumerate(root.iter("Annotation")):
-        name = node.get("Name") or f"Annotation {i}"
-        kind = (node.get("Type") or "Polygon").lower()
-        if kind in _POINT_TYPES:
-            log.warning("%s: skipping point annotation '%s' (type %s)", path, name, kind)
-            continue
-        if kind not in _AREA_TYPES:
-            raise AnnotationError(f"annotation '{name}' has unknown Type '{node.get('Type')}'", path)
-        group = node.get("PartOfGroup") or "None"
-        xy = _asap_coordinates(node, name, path)
-        regions.append((name, group, _make_polygon(xy, [], name, path)))
-    return regions
-
-
-def _asap_coordinates(node: Element, name: str, path: Path) -> np.ndarray:
-    points = []
-    for c in node.iter("Coordinate"):
-        try:
-            order = int(c.get("Order", len(points)))
-            points.append((order, float(c.get("X")), float(c.get("Y"))))
-        except (TypeError, ValueError) as err:
-            raise AnnotationError(
-                f"annotation '{name}' has a bad coordinate {dict(c.attrib)}", path
-            ) from err
-    points.sort(key=lambda p: p[0])
-    return np.array([(x, y) for _, x, y in points], dtype=np.float64).reshape(-1, 2)
-
-
-def _read_geojson(path: Path) -> list[tuple[str, str, BaseGeometry]]:
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise AnnotationError(f"malformed JSON ({err})", path) from err
-    if isinstance(data, dict) and data.get("type") == "FeatureCollection":
-        features = data.get("features", [])
-    elif isinstance(data, dict) and data.get("type") == "Feature":
-        features = [data]
-    elif isinstance(data, list):
-        features = data
-    else:
-        raise AnnotationError("not a GeoJSON Feature, FeatureCollection or list of features", path)
-    regions = []
-    for i, feature in enumerate(features):
-        if not isinstance(feature, dict) or not isinstance(feature.get("geometry"), dict):
-            raise AnnotationError(f"feature {i} has no geometry", path)
-        props = feature.get("properties") or {}
-        name = str(props.get("name") or feature.get("id") or f"feature {i}")
-        group = _classification(props)
-        geometry = feature["geometry"]
-        kind = geometry.get("type")
-        coords = geometry.get("coordinates")
-        if kind == "Polygon":
-            polys = [coords]
-        elif kind == "MultiPolygon":
-            polys = coords
-        else:
-            log.warning("%s: skipping %s feature '%s' (no area)", path, kind, name)
-            continue
-        for rings in polys:
-            try:
-                shell = np.asarray(rings[0], dtype=np.float64)[:, :2]
-                holes = [np.asarray(r, dtype=np.float64)[:, :2] for r in rings[1:]]
-            except (TypeError, ValueError, IndexError) as err:
-                raise AnnotationError(f"feature '{name}' has malformed coordinates", path) from err
-            regions.append((name, group, _make_polygon(shell, holes, name, path)))
-    return regions
-
-
-def _classification(props: dict) -> str:
-    cls = props.get("classification")
-    if isinstance(cls, dict):
-        cls = cls.get("name")
-    return str(cls) if cls else "Unclassified"
-
-
-def _make_polygon(
-    shell: np.ndarray, holes: list[np.ndarray], name: str, path: Path
-) -> BaseGeometry:
-    for ring in (shell, *holes):
-        if ring.ndim != 2 or len(ring) < 3:
-            raise AnnotationError(f"annotation '{name}' has fewer than 3 vertices", path)
-        if not np.isfinite(ring).all():
-            raise AnnotationError(f"annotation '{name}' has non-finite coordinates", path)
-    polygon = Polygon(shell, holes)
-    if not polygon.is_valid:  # real CAMELYON16 outlines self-intersect now and then
-        polygon = _polygonal(shapely.make_valid(polygon))
-    return polygon
-
-
-def _polygonal(geometry: BaseGeometry) -> BaseGeometry:
-    """Keep only the areal parts of a geometry (drops the lines make_valid can leave)."""
-    if isinstance(geometry, (Polygon, MultiPolygon)):
-        return geometry
-    parts = [
-        g for g in getattr(geometry, "geoms", []) if isinstance(g, (Polygon, MultiPolygon))
-    ]
-    return shapely.union_all(parts) if parts else Polygon()
