@@ -23,7 +23,7 @@ from test_viewer import HEIGHT, LESION, WIDTH, build_run
 
 from vistumor.tasks import tile
 from vistumor.viewer import review as review_module
-from vistumor.viewer.review import MAX_BYTES, Review, fill_shared_holes, outlines, review_geojson, review_xml
+from vistumor.viewer.review import MAX_BYTES, MAX_DRAWN, Review, fill_shared_holes, outlines, review_geojson, review_xml
 from vistumor.viewer.run import RunFolder
 from vistumor.viewer.server import ViewerApp, ViewerServer
 from vistumor.wsi.annotations import DEFAULT_GROUPS, read_annotations
@@ -154,6 +154,20 @@ def test_a_lesion_drawn_in_a_confirmed_lesions_hole_fills_it_in_both_files(tmp_p
     assert fill_shared_holes([Polygon(*lesions[1]["rings"][:1], lesions[1]["rings"][1:])])[0].area == 9_600
 
 
+def test_only_an_outline_overlapping_a_hole_fills_it():
+    """By hand: a square [0, 100]^2 with hole [40, 60]^2; an outline touching the hole along
+    its edge x = 40 (no area in common) leaves it, one reaching 1 px into it fills it; outlines
+    far away, and the polygon's own outline, never do. Equal to the union of all others."""
+    square = lambda x0, y0, x1, y1: [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]  # noqa: E731
+    holed = Polygon(square(0, 0, 100, 100), [square(40, 40, 60, 60)])
+    far = [Polygon(square(200 + 10 * k, 0, 205 + 10 * k, 5)) for k in range(50)]
+    touching = Polygon(square(35, 45, 40, 55))
+    reaching = Polygon(square(35, 45, 41, 55))
+    assert [len(p.interiors) for p in fill_shared_holes([holed, *far, touching])] == [1] + [0] * 51
+    assert [len(p.interiors) for p in fill_shared_holes([*far, reaching, holed])][-1] == 0
+    assert fill_shared_holes([holed])[0].equals(holed)
+
+
 # -- refusals ------------------------------------------------------------------------------------
 
 BOW_TIE = [[1100, 300], [1300, 500], [1300, 300], [1100, 500]]
@@ -186,6 +200,10 @@ MALFORMED = {
     "drawn not a list": ({"reviewer": "R", "drawn": {"points": DRAWN}}, "'drawn' must be a list"),
     "extra key": ({"reviewer": "R", "drawn": [{"points": DRAWN, "colour": "red"}]}, "must be {\"points\""),
     "lesions not a map": ({"reviewer": "R", "lesions": ["tumor_001-lesion-1"]}, "'lesions' must map lesion ids"),
+    "5,000-digit integer": (b'{"reviewer": "R", "drawn": [{"points": [[' + b"1" * 5000 + b', 1], [2, 3], [4, 5]]}]}',
+                            "has 5000 digits; a coordinate has at most 20"),
+    "too many polygons": ({"reviewer": "R", "drawn": [{"points": DRAWN}] * (MAX_DRAWN + 1)},
+                          f"'drawn' holds {MAX_DRAWN + 1} polygons; a review holds at most {MAX_DRAWN}"),
 }
 
 
