@@ -15,15 +15,16 @@ import logging
 import math
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from vistumor.errors import AnnotationError, VisTumorError
-from vistumor.evaluate import report
+from vistumor.evaluate.camelyon16 import report
 from vistumor.wsi.annotations import read_annotations
+from vistumor.wsi.slide import SLIDE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +44,14 @@ def safe_name(name: str) -> bool:
 
 @dataclass(frozen=True)
 class SlideEntry:
-    """A slide of the run: its name, file (None when not found), label and annotation."""
+    """A slide of the run: its name, file (None when not found), label, annotation, and the
+    path ``run.json`` gives."""
 
     name: str
     path: Path | None
     label: str | None
     annotation: Path | None
+    recorded: str | None = None
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,9 @@ class ModelEntry:
 class RunFolder:
     """An inference run folder (``run.json``, ``models/<name>/...``), read-only."""
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, slides: str | Path | None = None):
+        """The run in ``root``; slide files missing from where ``run.json`` says are looked
+        for under ``slides`` (when given) by name: :func:`relocate`."""
         self.root = Path(root).resolve()
         described = self.root / "run.json"
         if not described.is_file():
@@ -76,6 +81,13 @@ class RunFolder:
             raise VisTumorError(f"run.json is not valid JSON ({err})", described) from err
         bases = _bases(self.root)
         self.slides = _slides(self.description.get("slides") or [], bases)
+        if slides is not None:
+            self.slides = relocate(self.slides, Path(slides))
+        for entry in self.slides.values():
+            if entry.path is None:
+                log.warning("slide %s: file %s not found%s", entry.name, entry.recorded,
+                            f" (nor under {slides})" if slides is not None else
+                            " (moved? --slides DIR finds it by name)")
         self.models = _models(self.description.get("models") or [], self.root)
         self.settings = self.description.get("settings") or {}
         self._cache: dict[Path, tuple[int, Any]] = {}
@@ -226,12 +238,28 @@ def _named(described: list[dict], key: str) -> Iterator[tuple[str, dict]]:
 def _slides(described: list[dict], bases: list[Path]) -> dict[str, SlideEntry]:
     slides = {}
     for name, item in _named(described, "slide"):
-        path = _locate(item.get("path"), bases)
-        if path is None:
-            log.warning("slide %s: file %s not found (relative to %s)", name, item.get("path"),
-                        [str(b) for b in bases])
-        slides[name] = SlideEntry(name, path, item.get("label"), _locate(item.get("annotation"), bases))
+        slides[name] = SlideEntry(name, _locate(item.get("path"), bases), item.get("label"),
+                                  _locate(item.get("annotation"), bases), item.get("path"))
     return slides
+
+
+def relocate(slides: dict[str, SlideEntry], folder: Path) -> dict[str, SlideEntry]:
+    """``slides`` with each missing file found under ``folder`` (sub-folders too): a slide file
+    (:data:`~vistumor.wsi.slide.SLIDE_SUFFIXES`) whose stem is the slide's name, ignoring
+    case. A file found where ``run.json`` says is kept. Two candidates for one slide are
+    refused in one line naming both (:class:`VisTumorError`)."""
+    if not folder.is_dir():
+        raise VisTumorError("--slides: folder not found", folder)
+    missing = {name.lower(): name for name, entry in slides.items() if entry.path is None}
+    found: dict[str, Path] = {}
+    for path in sorted(folder.rglob("*")) if missing else []:
+        key = path.stem.lower()
+        if key in missing and path.suffix.lower() in SLIDE_SUFFIXES and path.is_file():
+            if key in found:
+                raise VisTumorError(f"{found[key]} and {path} are both slide {missing[key]!r} "
+                                    "(names match ignoring case)", folder)
+            found[key] = path.resolve()
+    return {name: replace(entry, path=found.get(name.lower(), entry.path)) for name, entry in slides.items()}
 
 
 def _models(described: list[dict], root: Path) -> dict[str, ModelEntry]:

@@ -1,4 +1,5 @@
-"""HTTP: a small router over :class:`ViewerApp` and the standard library's threading server.
+"""HTTP: a small router over :class:`ViewerApp` and a pooled server (:mod:`.pool`: a bounded
+number of worker threads, idle connections parked and closed after a timeout).
 
 Every URL is split into segments and each segment is decoded once; a segment that is
 empty, ``.``/``..``, or holds ``..``, a slash, a backslash or NUL (raw or percent-encoded)
@@ -27,11 +28,12 @@ from __future__ import annotations
 import json
 import logging
 import mimetypes
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import unquote, urlsplit
@@ -39,6 +41,7 @@ from urllib.parse import unquote, urlsplit
 from vistumor.errors import VisTumorError
 from vistumor.viewer import pages
 from vistumor.viewer.layers import HeatTiles
+from vistumor.viewer.pool import TIMEOUT, PooledHTTPServer
 from vistumor.viewer.review import MAX_BYTES, ReviewError, ReviewStore
 from vistumor.viewer.run import NotFound, RunFolder, safe_name
 from vistumor.viewer.tiles import ByteLRU, DziGeometry, SlideTiles
@@ -55,6 +58,8 @@ SECURITY_HEADERS = {
 }
 TILE_CACHE = "private, max-age=600"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+#: threads answering requests: the slide tiles' decoding runs in parallel (OpenSlide, JPEG)
+WORKERS = min(32, (os.cpu_count() or 1) + 4)
 
 
 class Refused(PermissionError):
@@ -182,6 +187,8 @@ class ViewerApp:
             return refused(HTTPStatus.BAD_REQUEST, str(err))
         except Refused as err:
             return refused(HTTPStatus.FORBIDDEN, str(err))
+        except TimeoutError:  # the socket's timeout, reading a body that stopped coming
+            return refused(HTTPStatus.REQUEST_TIMEOUT, "the request body stopped arriving")
         except VisTumorError as err:  # a slide or annotation that cannot be read: said, not traced
             log.warning("%s: %s", target, err)
             return not_found("cannot be read")
@@ -249,7 +256,7 @@ class ViewerApp:
         if found is None:
             entry = self.run.slide(name)
             if entry.path is None:
-                raise NotFound(f"slide file of {name!r} not found")
+                raise NotFound(f"slide file of {name!r} not found (moved? the viewer's --slides DIR finds it by name)")
             found = self._slides.setdefault(name, SlideTiles(name, entry.path, self.cache))
         return found
 
@@ -379,15 +386,18 @@ class Handler(BaseHTTPRequestHandler):
         log.debug("%s %s", self.address_string(), format % args)
 
 
-class ViewerServer(ThreadingHTTPServer):
-    daemon_threads = True
+class ViewerServer(PooledHTTPServer):
+    """The viewer on ``host:port``: ``workers`` threads answer, a connection idle for
+    ``timeout`` seconds is closed (:mod:`.pool`)."""
+
     # many tiles are asked for at once: a deeper backlog than socketserver's 5
     request_queue_size = 64
 
-    def __init__(self, app: ViewerApp, host: str = "127.0.0.1", port: int = 0):
+    def __init__(self, app: ViewerApp, host: str = "127.0.0.1", port: int = 0, workers: int = WORKERS,
+                 timeout: float = TIMEOUT):
         self.app = app
         app.loopback_only = host in LOOPBACK
-        super().__init__((host, port), Handler)
+        super().__init__((host, port), Handler, workers, timeout)
         app.hosts = loopback_hosts(self.server_address[1]) if app.loopback_only else None
 
     @property
