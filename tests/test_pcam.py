@@ -36,6 +36,7 @@ from vistumor.data.pcam import PCamDataset, PCamFiles
 from vistumor.data.sources import PCamSource
 from vistumor.errors import ConfigError, ManifestError
 from vistumor.labels import NORMAL, TUMOR
+from vistumor.runs import intervals
 
 N = 16
 FILE = "camelyonpatch_level_2_split_{split}_{kind}"
@@ -291,8 +292,12 @@ def test_train_on_pcam_through_the_real_config(trained):
     out = Path(cfg.paths.output_dir)
     assert json.loads((out / "metrics.json").read_text())["test/auroc"] == result["test/auroc"]
     assert result["test_tp"] + result["test_fn"] == N // 2 and result["test_tn"] + result["test_fp"] == N // 2
+    # purple centres are separable even by the frozen random trunk: the head learns them, and the
+    # operating point chosen on validation calls every test patch right
+    assert result["test/auroc"] == 1.0 and result["test/fpr_op"] == result["test/fnr_op"] == 0
     table = pd.read_csv(out / "predictions.csv")
     assert sorted(table["slide_id"].unique()) == ["test_slide_a", "test_slide_b"]  # real slide ids
+    assert sorted(intervals.read_slides(out / "predictions.csv")) == ["test_slide_a", "test_slide_b"]
     assert table.sort_values("x0")["label"].tolist() == labels().tolist()
     assert (out / "cam" / "epoch_001.png").is_file()  # the CAM grid, without masks
     assert not any(k.startswith("val/cam_") for k in result)  # no masks, no localization scores
