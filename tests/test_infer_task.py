@@ -4,6 +4,8 @@ reads, resume, the CLI, and bad input."""
 from __future__ import annotations
 
 import json
+import logging
+import shutil
 import subprocess
 import sys
 
@@ -15,6 +17,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
+from vistumor.cli import run_task
 from vistumor.errors import ConfigError
 from vistumor.tasks import infer
 
@@ -70,6 +73,48 @@ def test_infer_cli_end_to_end(trained, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert len(pd.read_csv(out / "status.csv")) == 6  # every slide of the data config
     assert not (out / "models" / "test_resnet" / "cams").exists()
+
+
+def test_infer_cli_takes_a_list_of_slides(trained, dataset, tmp_path):
+    """Issue 17.1: the README's ``'slides=[a.tif,b.tif]'`` exited 1 with ``TypeError: expected
+    str ... not ListConfig`` (``config.plain`` converted only DictConfig)."""
+    out = tmp_path / "cli"
+    first, second = dataset.slide("tumor_002"), dataset.slide("normal_001")
+    command = [sys.executable, "infer.py", "data=camelyon16", "data.generate=null", f"data.root={trained.data}",
+               f"ckpt_path={trained.last}", f"slides=[{first},{second}]", "device=cpu", "run.progress=false",
+               "cam.enabled=false", "evaluate.enabled=false", f"hydra.run.dir={out}"]
+    done = subprocess.run(command, cwd=PROJECT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "done 2, skipped 0, failed 0" in done.stdout + done.stderr
+    status = pd.read_csv(out / "status.csv")
+    assert status["slide"].tolist() == ["tumor_002", "normal_001"] and (status["status"] == "done").all()
+    assert status["path"].tolist() == [str(first), str(second)]
+
+
+def test_infer_exits_1_with_the_counts_when_a_slide_failed(trained, dataset, tmp_path, caplog):
+    """Issue 17.5: ``infer.py`` exited 0 even when every slide failed."""
+    broken = tmp_path / "broken.tif"
+    broken.write_bytes(dataset.slide("normal_002").read_bytes()[:3000])
+    cfg = infer_cfg(trained, tmp_path / "run", f"slides=[{dataset.slide('normal_001')},{broken}]",
+                    "cam.enabled=false", "evaluate.enabled=false")
+    with caplog.at_level(logging.INFO), pytest.raises(SystemExit) as exit_:
+        run_task(infer, cfg)
+    assert exit_.value.code == 1
+    assert "done 1, skipped 0, failed 1" in caplog.text
+    status = pd.read_csv(tmp_path / "run" / "status.csv").set_index("slide")["status"]
+    assert status.to_dict() == {"normal_001": "done", "broken": "failed"}  # the good slide's results stand
+
+
+def test_slides_whose_names_differ_only_by_case_stop_the_run_before_anything_is_written(trained, dataset,
+                                                                                        tmp_path):
+    """Issue 17.2: ``a.tif`` and ``a.TIF`` in one folder both ran as slide ``a``, exit 0."""
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    shutil.copy(dataset.slide("normal_001"), folder / "a.tif")
+    shutil.copy(dataset.slide("tumor_001"), folder / "a.TIF")
+    with pytest.raises(ConfigError, match=r"a.TIF and .*a.tif are both slide 'a'"):
+        infer(infer_cfg(trained, tmp_path / "run", f"slides={folder}"))
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize(("overrides", "message"), [

@@ -418,6 +418,21 @@ def test_slide_broken_after_tiling_leaves_no_stale_output(dataset, tiling_cfg, t
     assert "normal_002" in meta_without_time(cfg)["failed"]
 
 
+def test_tiling_exits_1_with_the_counts_when_a_slide_failed(dataset, tiling_cfg, tmp_path, caplog):
+    """Issue 17.5, as infer.py: a run in which a slide failed ends non-zero (after the manifest
+    of the others is written), the counts on one line."""
+    data = shutil.copytree(dataset.root, tmp_path / "data")
+    slide = data / "training" / "normal" / "normal_002.tif"
+    slide.write_bytes(slide.read_bytes()[:1000])
+    cfg = tiling_cfg(data, "tiling.split.mode=patch")
+    with caplog.at_level(logging.INFO), pytest.raises(SystemExit) as exit_:
+        run_task(tile, cfg)
+    assert exit_.value.code == 1
+    assert "done 5, skipped 0, failed 1" in caplog.text
+    assert (out_dir(cfg) / "manifest.csv").is_file()
+    assert "normal_002" in meta_without_time(cfg)["failed"]
+
+
 def test_strict_refuses_a_manifest_when_a_slide_failed(dataset, tiling_cfg, tmp_path):
     data = shutil.copytree(dataset.root, tmp_path / "data")
     (data / "training" / "lesion_annotations" / "tumor_003.xml").unlink()
