@@ -303,6 +303,21 @@ def test_train_on_pcam_through_the_real_config(trained):
     assert not any(k.startswith("val/cam_") for k in result)  # no masks, no localization scores
 
 
+def test_the_feature_cache_trains_on_pcam(pcam, tmp_path):
+    from vistumor.tasks import train
+
+    result = train(compose_pcam("train", tmp_path, pcam, *TRAIN, "callbacks=feature_cache", "~callbacks.cam"))
+    assert result["test/auroc"] == 1.0 and result["test_tp"] + result["test_fn"] == N // 2
+
+
+def test_an_unreadable_patch_becomes_a_bad_patch_marker(tmp_path):
+    root = write_pcam(tmp_path)
+    dataset = PCamDataset(PCamFiles(root, "val"), 96)
+    x_file(root).unlink()  # gone after the check: the worker's first read fails
+    assert dataset[3] == {"bad": dataset[3]["bad"], "slide_id": "valid_slide_a", "x0": 288, "y0": 1003}
+    assert dataset[3]["bad"].startswith(f"{x_file(root)}: cannot read patch 3 (")
+
+
 def test_whole_slides_are_refused_for_pcam_before_training(pcam, tmp_path):
     from vistumor.tasks import train
 

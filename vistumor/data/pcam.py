@@ -89,9 +89,9 @@ class PCamFiles(PCAM):
 
     def image(self, index: int) -> np.ndarray:
         """Patch ``index`` as a ``(96, 96, 3)`` ``uint8`` array (one slice of ``x`` read)."""
-        if self._pid != os.getpid():  # a forked loader worker opens its own handle
-            self._pid, self._file = os.getpid(), h5py.File(self.path("images"), "r")
         try:
+            if self._pid != os.getpid():  # a forked loader worker opens its own handle
+                self._file, self._pid = h5py.File(self.path("images"), "r"), os.getpid()
             return np.asarray(self._file[DATASET["images"]][int(index)])
         except (OSError, ValueError, KeyError) as err:
             raise ConfigError(f"cannot read patch {index} ({err})", self.path("images")) from err
