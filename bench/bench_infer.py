@@ -99,7 +99,7 @@ def measure_levels(ckpt: Path, data_root: Path) -> dict:
     """Probabilities read at the auto level vs level 0, on the held-out synthetic test slides."""
     import torch
 
-    from vistumor.evaluate import roc_auc
+    from vistumor.evaluate.camelyon16.auc import roc_auc
     from vistumor.infer.engine import ModelScorer
     from vistumor.infer.geometry import plan_grid
     from vistumor.infer.inputs import from_layout

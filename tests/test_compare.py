@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from vistumor.errors import ConfigError
-from vistumor.evaluate.auc import youden_threshold
+from vistumor.evaluate.camelyon16.auc import youden_threshold
 from vistumor.runs import intervals
 from vistumor.runs.compare import collect, to_markdown
 

@@ -12,23 +12,13 @@ import numpy as np
 import pytest
 
 from vistumor.errors import AnnotationError, ConfigError, VisTumorError
-from vistumor.evaluate import (
-    OFFICIAL,
-    STRICT,
-    ReferenceSlide,
-    auc_ci,
-    bootstrap_ci,
-    evaluate,
-    evaluation_mask,
-    froc,
-    froc_curve,
-    parse_exclude,
-    roc_auc,
-    roc_curve,
-    slide_hits,
-)
-from vistumor.evaluate import auc as evaluation_auc
-from vistumor.evaluate.masks import ITC_UM, MARGIN_UM, PIXEL_UM
+from vistumor.evaluate.camelyon16 import auc as evaluation_auc
+from vistumor.evaluate.camelyon16.auc import auc_ci, bootstrap_ci, roc_auc, roc_curve
+from vistumor.evaluate.camelyon16.evaluation import evaluate
+from vistumor.evaluate.camelyon16.froc import OFFICIAL, STRICT, froc, froc_curve, slide_hits
+from vistumor.evaluate.camelyon16.masks import ITC_UM, MARGIN_UM, PIXEL_UM, evaluation_mask
+from vistumor.evaluate.exclusions import parse_exclude
+from vistumor.evaluate.io import ReferenceSlide
 from vistumor.explain import localization
 from vistumor.explain.localization import pixel_auroc
 from vistumor.labels import NORMAL, TUMOR

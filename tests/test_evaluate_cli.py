@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import re
 import subprocess
 import sys
@@ -123,6 +124,80 @@ def test_cli_errors_are_one_line(scenario, capsys, change, message):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1
     assert re.search(message, err), err
+
+
+@pytest.mark.parametrize(("rows", "message"), [
+    ([(0.5, at(1, 1)), (-0.5, at(30, 30))], r"test_003.csv: line 2: probability -0.5 outside \[0, 1\]"),
+    ([(1.5, at(1, 1))], r"test_003.csv: line 1: probability 1.5 outside \[0, 1\]"),
+    ([(float("nan"), at(1, 1))], r"test_003.csv: line 1: probability nan outside \[0, 1\]"),
+])
+def test_probabilities_outside_zero_one_are_refused(scenario, capsys, rows, message):
+    """Issue 17.3: a -0.5 sat below the script's 0 placeholders and gave FROC 2.0 (sensitivity
+    2.5) with exit 0; now the file and its line are named, and nothing is written."""
+    write_csv(scenario["predictions"] / "test_003.csv", rows)
+    assert main(argv(scenario)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and re.search(message, err), err
+    assert not scenario["out"].exists()
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda s: (s["predictions"] / "test_003.csv").write_bytes(b"0.5,48,48\n0.\xff5,1,1\n"),
+     r"test_003.csv: not UTF-8 text \(byte 12: b'\\xff'\)"),
+    (lambda s: s["reference"].write_bytes(s["reference"].read_text().replace("test_003", "t\xe9st_003")
+                                          .encode("latin-1")), r"reference.csv: not UTF-8 text"),
+    (lambda s: None, r"--pixel-um\) must be a positive number .* got nan"),
+    (lambda s: None, r"--pixel-um\) must be a positive number .* got 0.0"),
+    (lambda s: None, r"--pixel-um\) must be a positive number .* got inf"),
+    (lambda s: None, r"--margin-um\) must be a finite number .* got -1.0"),
+    (lambda s: s["out"].write_text("a file"), r"out: the output folder is a file"),
+])
+def test_unreadable_inputs_and_bad_numbers_are_one_line(scenario, capsys, change, message):
+    """Issue 17.7: a non-UTF-8 CSV or reference, a NaN/0/inf pixel size, a negative margin or an
+    --out that is a file gave a traceback; now one line naming the file or the flag."""
+    change(scenario)
+    flag = re.search(r"--(pixel-um|margin-um)\S* .* got (\S+)$", message)
+    extra = (f"--{flag.group(1)}", flag.group(2)) if flag else ()
+    assert main(argv(scenario, *extra)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and re.search(message, err), err
+
+
+def test_a_byte_order_mark_is_accepted(scenario, capsys):
+    """Issue 17.7: Excel's "CSV UTF-8" starts with a BOM, which made the header
+    '\\ufeffslide' unknown; the reference and the detection CSVs now read as without it."""
+    scenario["reference"].write_text("\ufeff" + scenario["reference"].read_text(), encoding="utf-8")
+    csv_file = scenario["predictions"] / "test_003.csv"
+    csv_file.write_text("\ufeff" + csv_file.read_text(), encoding="utf-8")
+    assert main(argv(scenario)) == 0, capsys.readouterr().err
+    assert json.loads((scenario["out"] / "evaluation.json").read_text())["froc"] == 0.5
+
+
+@pytest.mark.parametrize(("annotation", "why"), [
+    ([], "it holds no tumor region"),
+    ([("lesion", "_0", rectangle(4000, 4000, 4800, 4800))],
+     "the tumor annotation spans x 4000-4800, y 4000-4800: it lies outside the slide \\(3200 x 3200 px"),
+])
+def test_a_tumor_slide_whose_annotation_gives_no_lesion_is_named_not_scored(scenario, caplog, annotation, why):
+    """Issue 17.8: test_002's annotation has no polygon, or lies wholly outside its 3200 px slide.
+    It used to count 0 lesions and its detection (0.7) as a false positive, silently. Now a
+    warning names it and why; it leaves the lesion task (2 slides: test_001's lesion hit at 0.9,
+    test_003's false positive at 0.5), is marked in per_slide.csv and evaluation.json, and keeps
+    its place in the slide task (AUC over 3 slides)."""
+    write_asap_xml(scenario["annotations"] / "test_002.xml", annotation)
+    with caplog.at_level(logging.WARNING):
+        assert main(argv(scenario)) == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and re.search(rf"tumor slide 'test_002': annotation unusable \(.*test_002.xml: {why}",
+                                            warnings[0]), warnings
+    assert "left out of the lesion task" in warnings[0]
+    report = json.loads((scenario["out"] / "evaluation.json").read_text())
+    assert report["slides"] == {"auc": 3, "froc": 2} and list(report["unusable_annotations"]) == ["test_002"]
+    assert report["false_positives"] == {"count": 1, "per_slide": {"test_001": 0, "test_003": 1}}
+    assert report["froc"] == 1.0 and report["n_lesions"] == 1
+    rows = {r["slide"]: r for r in csv.DictReader((scenario["out"] / "per_slide.csv").open())}
+    assert rows["test_002"]["annotation"].startswith("unusable (") and rows["test_002"]["hits"] == ""
+    assert rows["test_001"]["annotation"] == "" and rows["test_002"]["score"] == "0.7"
 
 
 def test_one_error_path_for_every_command_line(tmp_path, capsys):

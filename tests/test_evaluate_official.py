@@ -8,17 +8,9 @@ import numpy as np
 import official_froc as official
 import pytest
 
-from vistumor.evaluate import (
-    OFFICIAL,
-    STRICT,
-    PooledHits,
-    bootstrap_ci,
-    evaluation_mask,
-    froc,
-    froc_ci,
-    froc_curve,
-    slide_hits,
-)
+from vistumor.evaluate.camelyon16.auc import bootstrap_ci
+from vistumor.evaluate.camelyon16.froc import OFFICIAL, STRICT, PooledHits, froc, froc_ci, froc_curve, slide_hits
+from vistumor.evaluate.camelyon16.masks import evaluation_mask
 
 
 def random_tumor(rng: np.random.Generator, lesion: bool = False) -> np.ndarray:
@@ -139,7 +131,7 @@ def test_dilation_and_hole_filling_equal_the_scripts_scipy_calls(threshold):
     are exactly the distance of some pixels (1, sqrt 2, 2, sqrt 5, 5: those stay out)."""
     from scipy import ndimage
 
-    from vistumor.evaluate.masks import _near
+    from vistumor.evaluate.camelyon16.masks import _near
     from vistumor.tiling.tissue import fill_holes as _fill_holes
 
     rng = np.random.default_rng(int(threshold * 1000))

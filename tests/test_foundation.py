@@ -3,6 +3,8 @@ statistics and embedding rules, hub access, local weights; fp16 feature cache; t
 
 from __future__ import annotations
 
+import types
+
 import httpx2
 import pytest
 import timm
@@ -11,7 +13,9 @@ from conftest import CONF
 from huggingface_hub.errors import GatedRepoError
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+from torch.utils.data import DataLoader
 
+from vistumor.data.features import FeatureCache, FeatureDataset, extract
 from vistumor.errors import ConfigError
 from vistumor.model import foundation
 from vistumor.model.backbones import create_backbone
@@ -205,3 +209,69 @@ def test_trunk_of_null_is_a_plain_backbone():
 def test_token_pooling_on_a_cnn_is_one_line():
     with pytest.raises(ConfigError, match="model.pooling=token does not fit backbone 'test_resnet'"):
         create_backbone("test_resnet", pretrained=False, pooling="token")
+
+
+# -- float16 feature cache -------------------------------------------------------------------
+
+
+class _Patches:
+    """What the cache reads: ``read(i) -> (rgb, mask)``, labels, places, no augmentation."""
+
+    def __init__(self, n: int, size: int = 32, seed: int = 0):
+        generator = torch.Generator().manual_seed(seed)
+        self.images = torch.randint(0, 256, (n, size, size, 3), dtype=torch.uint8, generator=generator)
+        self.labels = [i % 2 for i in range(n)]
+        self.image_size = size
+        self.state = types.SimpleNamespace(transform=None)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def read(self, index: int):
+        return self.images[index].numpy(), None
+
+    def describe(self, index: int):
+        return "slide", index, 0
+
+
+def train_head(model: PatchClassifier, dataset: FeatureDataset, epochs: int = 30) -> None:
+    """Adam on the head alone, seeded, over the served features (the training loop's path)."""
+    torch.manual_seed(0)
+    optimizer = torch.optim.Adam(model.net.get_classifier().parameters(), lr=1e-2)
+    for epoch in range(epochs):
+        dataset.set_epoch(epoch)
+        for batch in DataLoader(dataset, batch_size=16, shuffle=True):
+            loss = model.loss(model.logits(batch), batch["label"])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+
+def test_float16_cache_halves_memory_and_trains_the_same_head(tiny_trunk, tmp_path):
+    patches = _Patches(64)
+    model = tiny(tiny_trunk, pooling="cls_mean")
+    exact = extract(model, patches, variants=1, batch_size=16, num_workers=0, dtype=torch.float32)
+    half = extract(model, patches, variants=1, batch_size=16, num_workers=0)  # the default
+    assert half.dtype == torch.float16 and torch.equal(half, exact.half())  # rounded once, from float32
+    assert half.nbytes * 2 == exact.nbytes
+    torch.save(exact, tmp_path / "fp32.pt"), torch.save(half, tmp_path / "fp16.pt")
+    saved = (tmp_path / "fp32.pt").stat().st_size - (tmp_path / "fp16.pt").stat().st_size
+    assert saved == pytest.approx(exact.nbytes / 2, abs=1024)  # the same file, less half its payload
+    served = FeatureDataset(half, patches)[0]["features"]
+    assert served.dtype == torch.float32  # the head reads float32
+    heads = {}
+    for name, features in (("fp32", exact), ("fp16", half)):
+        copy = tiny(tiny_trunk, pooling="cls_mean")
+        copy.load_state_dict(model.state_dict())
+        train_head(copy, FeatureDataset(features, patches))
+        heads[name] = copy
+    probs = {k: m.head(exact[:, 0]).softmax(dim=1)[:, 1].detach() for k, m in heads.items()}
+    assert probs["fp32"].sub(0.5).abs().max() > 0.3  # the head learnt something
+    assert probs["fp16"].sub(probs["fp32"]).abs().max() < 1e-3
+
+
+def test_feature_cache_options_are_checked():
+    with pytest.raises(ConfigError, match="feature_cache.dtype must be one of"):
+        FeatureCache(dtype="bfloat8")
+    with pytest.raises(ConfigError, match="feature_cache.batch_size must be >= 1"):
+        FeatureCache(batch_size=0)

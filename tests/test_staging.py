@@ -1,4 +1,4 @@
-"""CAMELYON17's staging, by hand: the longest diameter of hand-made polygons, each category
+"""CAMELYON17's metastasis and pN categories, by hand: the longest diameter of hand-made polygons, each category
 boundary, the pN rules, a quadratic weighted kappa worked out in the comments, the confusion
 matrix and the per-category lesion sensitivity of hand-placed polygons."""
 
@@ -12,20 +12,20 @@ import pytest
 from shapely.geometry import Polygon, box
 
 from vistumor.errors import VisTumorError
-from vistumor.evaluate.kappa import confusion_matrix, kappa_of_matrix, quadratic_kappa, quadratic_weights
-from vistumor.evaluate.stage_evaluation import SlideLesions, stage_slides
-from vistumor.evaluate.staging import (
+from vistumor.evaluate.camelyon17.categories import (
     CATEGORIES,
-    PN_STAGES,
+    PN_CATEGORIES,
     category,
     feret_diameter,
     group_patients,
     patients_from_names,
-    pn_stage,
+    pn_category,
     read_patients,
     slide_category,
 )
-from vistumor.evaluate.staging_report import write_staging_report
+from vistumor.evaluate.camelyon17.evaluation import SlideLesions, categorise_slides
+from vistumor.evaluate.camelyon17.kappa import confusion_matrix, kappa_of_matrix, quadratic_kappa, quadratic_weights
+from vistumor.evaluate.camelyon17.report import write_pn_report
 
 # -- the longest diameter ------------------------------------------------------------------------
 
@@ -98,14 +98,14 @@ def test_bad_sizes_are_one_line_errors():
     (["macro"] * 9, "pN2"),
 ])
 def test_pn_rules(nodes, stage):
-    assert pn_stage(nodes) == stage
+    assert pn_category(nodes) == stage
 
 
 def test_pn3_and_unknown_categories_are_errors():
     with pytest.raises(VisTumorError, match="patient 'p': 10 positive nodes is pN3"):
-        pn_stage(["macro"] * 10, "p")
+        pn_category(["macro"] * 10, "p")
     with pytest.raises(VisTumorError, match="unknown node categories"):
-        pn_stage(["tumour"], "p")
+        pn_category(["tumour"], "p")
 
 
 def test_patients_from_camelyon17_names_or_a_table(tmp_path):
@@ -147,11 +147,11 @@ def test_quadratic_kappa_by_hand():
 
 
 def test_kappa_identities():
-    stages = list(PN_STAGES)
-    assert quadratic_kappa(stages, stages, PN_STAGES) == 1.0                      # perfect agreement
+    stages = list(PN_CATEGORIES)
+    assert quadratic_kappa(stages, stages, PN_CATEGORIES) == 1.0                      # perfect agreement
     assert kappa_of_matrix(np.array([[1, 1], [1, 1]])) == 0.0                     # chance: w*O = w*E = 2
     assert kappa_of_matrix(np.array([[0, 1], [1, 0]])) == -1.0                    # reversed: 2 against 1
-    assert math.isnan(quadratic_kappa(["pN0"] * 3, ["pN0"] * 3, PN_STAGES))      # one stage only: undefined
+    assert math.isnan(quadratic_kappa(["pN0"] * 3, ["pN0"] * 3, PN_CATEGORIES))      # one stage only: undefined
     assert math.isnan(kappa_of_matrix(np.zeros((5, 5))))
 
 
@@ -160,19 +160,19 @@ def test_kappa_is_camelyon17s_sklearn_call():
     metrics = pytest.importorskip("sklearn.metrics")
     rng = np.random.default_rng(0)
     for _ in range(20):
-        reference, predicted = (list(rng.choice(PN_STAGES, 12)) for _ in range(2))
-        expected = metrics.cohen_kappa_score(reference, predicted, labels=list(PN_STAGES), weights="quadratic")
-        assert quadratic_kappa(reference, predicted, PN_STAGES) == pytest.approx(expected, abs=1e-12)
+        reference, predicted = (list(rng.choice(PN_CATEGORIES, 12)) for _ in range(2))
+        expected = metrics.cohen_kappa_score(reference, predicted, labels=list(PN_CATEGORIES), weights="quadratic")
+        assert quadratic_kappa(reference, predicted, PN_CATEGORIES) == pytest.approx(expected, abs=1e-12)
 
 
 def test_confusion_matrix_refuses_unknown_labels_and_unequal_lengths():
     with pytest.raises(VisTumorError, match=r"unknown labels \['pN3'\]"):
-        confusion_matrix(["pN3"], ["pN0"], PN_STAGES)
+        confusion_matrix(["pN3"], ["pN0"], PN_CATEGORIES)
     with pytest.raises(VisTumorError, match="2 reference labels but 1 predictions"):
-        confusion_matrix(["pN0", "pN0"], ["pN0"], PN_STAGES)
+        confusion_matrix(["pN0", "pN0"], ["pN0"], PN_CATEGORIES)
 
 
-# -- a staging of hand-placed polygons ---------------------------------------------------------------
+# -- categories of hand-placed polygons ---------------------------------------------------------------
 
 
 def hand_slides() -> list[SlideLesions]:
@@ -196,22 +196,22 @@ def hand_slides() -> list[SlideLesions]:
 
 
 def test_confusion_matrix_accuracy_and_sensitivity_of_hand_placed_polygons():
-    staging = stage_slides(hand_slides())
-    assert [(s.reference, s.predicted) for s in staging.slides] == [
+    result = categorise_slides(hand_slides())
+    assert [(s.reference, s.predicted) for s in result.slides] == [
         ("negative", "negative"), ("itc", "micro"), ("micro", "itc"), ("macro", "macro")]
     assert CATEGORIES == ("negative", "itc", "micro", "macro")
-    assert staging.confusion.tolist() == [[1, 0, 0, 0],   # negative
+    assert result.confusion.tolist() == [[1, 0, 0, 0],   # negative
                                           [0, 0, 1, 0],   # itc as micro
                                           [0, 1, 0, 0],   # micro as itc
                                           [0, 0, 0, 1]]   # macro
-    assert staging.accuracy == 0.5
-    assert staging.sensitivity == {"itc": {"lesions": 2, "hit": 1, "sensitivity": 0.5},
+    assert result.accuracy == 0.5
+    assert result.sensitivity == {"itc": {"lesions": 2, "hit": 1, "sensitivity": 0.5},
                                    "micro": {"lesions": 1, "hit": 0, "sensitivity": 0.0},
                                    "macro": {"lesions": 1, "hit": 1, "sensitivity": 1.0}}
-    assert [(h.slide, h.index, h.category, h.hit) for h in staging.lesions] == [
+    assert [(h.slide, h.index, h.category, h.hit) for h in result.lesions] == [
         ("s2", 1, "itc", True), ("s3", 1, "micro", False), ("s3", 2, "itc", False), ("s4", 1, "macro", True)]
-    assert staging.patients == [] and staging.kappa is None
-    assert staging.metrics() == {"test/category_accuracy": 0.5}
+    assert result.patients == [] and result.kappa is None
+    assert result.metrics() == {"test/category_accuracy": 0.5}
 
 
 def test_pn_stages_and_kappa_of_patients(tmp_path):
@@ -220,15 +220,15 @@ def test_pn_stages_and_kappa_of_patients(tmp_path):
     pN1. O has a 1 at (pN0(i+), pN1mi) = (1, 2) and at (pN1, pN1) = (3, 3); w = (i - j)**2 / 16.
     sum(w * O) = 1/16; E = outer(rows, cols) / 2 puts 1/2 at (1, 2), (1, 3), (3, 2), (3, 3):
     sum(w * E) = (1 + 4 + 1 + 0) / 16 / 2 = 6/32; kappa = 1 - (1/16) / (6/32) = 2/3."""
-    staging = stage_slides(hand_slides(), {"s1": "a", "S2": "a", "s3": "b", "s4": "b"})
-    assert [(p.patient, p.slides, p.reference, p.predicted) for p in staging.patients] == [
+    result = categorise_slides(hand_slides(), {"s1": "a", "S2": "a", "s3": "b", "s4": "b"})
+    assert [(p.patient, p.slides, p.reference, p.predicted) for p in result.patients] == [
         ("a", ("s1", "s2"), "pN0(i+)", "pN1mi"), ("b", ("s3", "s4"), "pN1", "pN1")]
-    assert staging.kappa == pytest.approx(2 / 3)
-    assert staging.metrics("val") == {"val/category_accuracy": 0.5, "val/kappa": pytest.approx(2 / 3)}
-    paths = write_staging_report(staging, tmp_path, {"mode": "test"})
+    assert result.kappa == pytest.approx(2 / 3)
+    assert result.metrics("val") == {"val/category_accuracy": 0.5, "val/kappa": pytest.approx(2 / 3)}
+    paths = write_pn_report(result, tmp_path, {"mode": "test"})
     data = json.loads(paths["json"].read_text())
-    assert data["confusion_matrix"]["counts"] == staging.confusion.tolist()
-    assert data["pn_confusion_matrix"]["labels"] == list(PN_STAGES)
+    assert data["confusion_matrix"]["counts"] == result.confusion.tolist()
+    assert data["pn_confusion_matrix"]["labels"] == list(PN_CATEGORIES)
     assert data["patients"]["b"] == {"slides": ["s3", "s4"], "reference": "pN1", "predicted": "pN1"}
     assert data["kappa"] == pytest.approx(2 / 3) and data["settings"] == {"mode": "test"}
     assert data["slides"][2]["reference_mm"] == 2.0 and data["lesion_sensitivity"]["itc"]["hit"] == 1
@@ -237,4 +237,4 @@ def test_pn_stages_and_kappa_of_patients(tmp_path):
 
 def test_a_slide_given_twice_is_an_error():
     with pytest.raises(VisTumorError, match="given twice"):
-        stage_slides([SlideLesions("s1", 1.0, [], []), SlideLesions("S1", 1.0, [], [])])
+        categorise_slides([SlideLesions("s1", 1.0, [], []), SlideLesions("S1", 1.0, [], [])])

@@ -1,4 +1,4 @@
-"""Staging from files: ``python -m vistumor.evaluate --lesions`` and a whole-slide run's
+"""Metastasis and pN categories from files: ``python -m vistumor.evaluate --lesions`` and a whole-slide run's
 ``evaluate_run``, on four hand-made slides of two CAMELYON17 patients."""
 
 from __future__ import annotations

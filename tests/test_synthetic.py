@@ -401,7 +401,7 @@ def staged(tmp_path_factory) -> tuple[Path, list[Path]]:
 def test_categories_cover_all_four(staged):
     """The reference category of each slide, from its XML by CAMELYON17's rule: tumor slides
     cycle macro, micro, ITC; the normal slide is negative."""
-    from vistumor.evaluate.staging import slide_category
+    from vistumor.evaluate.camelyon17.categories import slide_category
     from vistumor.wsi.annotations import read_annotations
 
     root, paths = staged
@@ -436,7 +436,7 @@ def test_categories_need_a_slide_of_several_mm(tmp_path, capsys):
 
 
 def test_categories_name_camelyon17_patients_in_the_test_layout():
-    from vistumor.evaluate.staging import group_patients
+    from vistumor.evaluate.camelyon17.categories import group_patients
     from vistumor.synthetic.dataset import _plan
 
     jobs = _plan(Path("/data"), 3, 4, seed=0, layout="testing", categories=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -107,6 +108,20 @@ def fingerprint(path: str | Path, mode: str = "fast") -> str:
     return "fast-sha256:" + digest.hexdigest()
 
 
+def read_text(path: str | Path) -> str:
+    """The text of a UTF-8 file, a leading byte-order mark dropped (Excel's "CSV UTF-8" writes
+    one); another encoding is one line naming the file and the first byte that is not UTF-8."""
+    path = Path(path)
+    if not path.is_file():
+        raise VisTumorError("file not found", path)
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise VisTumorError(f"not UTF-8 text (byte {err.start}: {data[err.start:err.start + 1]!r}); "
+                            "save it as UTF-8", path) from None
+
+
 def read_slide_table(path: str | Path, column: str, parse: Callable[[str], Any], expected: str,
                      extra: tuple[str, ...] = ()) -> list[tuple[int, str, Any, dict[str, str]]]:
     """The rows of a ``slide,<column>`` CSV (reference labels, scores, patients) as
@@ -118,10 +133,7 @@ def read_slide_table(path: str | Path, column: str, parse: Callable[[str], Any],
     (names match case-insensitively) is an error naming the row (``expected`` says what a row holds).
     """
     path = Path(path)
-    if not path.is_file():
-        raise VisTumorError("file not found", path)
-    with open(path, newline="") as f:
-        rows = [row for row in csv.reader(f) if any(cell.strip() for cell in row)]
+    rows = [row for row in csv.reader(io.StringIO(read_text(path), newline="")) if any(c.strip() for c in row)]
     if not rows:
         raise VisTumorError("empty table", path)
     header = [cell.strip().lower() for cell in rows[0]]

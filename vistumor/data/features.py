@@ -6,10 +6,20 @@ per patch (variant 0: the patch as evaluated; variants 1..K-1: fixed random augm
 seeded by patch and variant), at the start of training; each epoch then draws one variant
 per patch and trains the head on features alone, skipping slide reads, augmentation and
 the trunk. Same model, same optimiser; epochs 2..N become nearly free.
+
+Features are kept in float16 by default (``dtype``): half the memory of float32 (a ViT-g's
+1,536 features x 4 variants x 100,000 patches: 1.2 GB instead of 2.5 GB), served to the head
+as float32. float16 keeps 11 significant bits (relative error <= 2**-11 = 4.9e-4), far below
+what moves a linear head; ``dtype: float32`` keeps them exact. The trunk pass runs under the
+trainer's precision (bf16 autocast on a bf16 GPU, ``trainer.precision=auto``), ``batch_size``
+images at a time (``callbacks.feature_cache.batch_size``; default the data batch size): a
+frozen trunk under inference mode holds no activations for backward, so it takes several
+times the training batch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 
@@ -75,17 +85,22 @@ class FeatureDataset(Dataset):
         index, _ = unpack(key)  # the variant drawn for this epoch is the augmentation
         slide_id, x0, y0 = self.describe(index)
         return {
-            "features": self.features[index, self.variant[index]],
+            "features": self.features[index, self.variant[index]].float(),
             "label": int(self.labels[index]),
             "slide_id": slide_id, "x0": x0, "y0": y0,
         }
 
 
+DTYPES = {"float16": torch.float16, "float32": torch.float32}
+
+
 @torch.no_grad()
 def extract(
-    module, dataset, variants: int, batch_size: int, num_workers: int, seed: int = 0
+    module, dataset, variants: int, batch_size: int, num_workers: int, seed: int = 0,
+    dtype: torch.dtype = torch.float16, precision=contextlib.nullcontext,
 ) -> torch.Tensor:
-    """Trunk features of every patch for ``variants`` augmentation variants: ``(N, K, F)``."""
+    """Trunk features of every patch for ``variants`` augmentation variants: ``(N, K, F)`` in
+    ``dtype``, ``batch_size`` images per trunk pass, each under the ``precision`` context."""
     was_training = module.training
     module.eval()
     loader = DataLoader(_Variants(dataset, variants, seed), batch_size=max(1, batch_size // variants),
@@ -96,7 +111,9 @@ def extract(
             bad = [p for p in problems if p]
             if bad:  # a cache with a hole would train on made-up features
                 raise BadPatchError(f"{bad[0]} (while caching trunk features)")
-            features = module.features(images.flatten(0, 1).to(module.device)).float().cpu()
+            with precision():
+                features = module.features(images.flatten(0, 1).to(module.device))
+            features = features.float().to(dtype).cpu()  # rounded once, from float32
             chunks.append(features.view(images.shape[0], variants, -1))
     finally:
         module.train(was_training)
@@ -109,16 +126,24 @@ class FeatureCache(L.Callback):
     Args:
         variants: augmentation variants cached per training patch (1 = no augmentation).
         seed: seed of the fixed augmentation variants.
+        dtype: ``float16`` (half the memory) or ``float32``.
+        batch_size: images per trunk pass while caching (None: the data batch size).
     """
 
-    def __init__(self, variants: int = 4, seed: int = 0):
+    def __init__(self, variants: int = 4, seed: int = 0, dtype: str = "float16", batch_size: int | None = None):
         if variants < 1:
             raise ConfigError(f"feature_cache.variants must be >= 1, got {variants}")
+        if dtype not in DTYPES:
+            raise ConfigError(f"feature_cache.dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        if batch_size is not None and batch_size < 1:
+            raise ConfigError(f"feature_cache.batch_size must be >= 1 or null, got {batch_size}")
         self.variants = variants
         self.seed = seed
+        self.dtype = DTYPES[dtype]
+        self.batch_size = batch_size
 
     def on_fit_start(self, trainer: L.Trainer, pl_module) -> None:
-        if getattr(pl_module, "needs_masks", False):
+        if getattr(trainer.datamodule, "train_masks", False):  # the model learns masks: a segmenter
             raise ConfigError("the feature cache holds pooled trunk features; a segmentation model trains its "
                               "decoder on feature maps: drop callbacks=feature_cache")
         if not pl_module.head_only:
@@ -129,11 +154,13 @@ class FeatureCache(L.Callback):
         start = time.perf_counter()
         for split, variants in (("train", self.variants), ("val", 1)):
             dataset = dm.dataset(split)
-            features = extract(pl_module, dataset, variants, dm.batch_size, dm.num_workers, self.seed)
+            features = extract(pl_module, dataset, variants, self.batch_size or dm.batch_size, dm.num_workers,
+                               self.seed, self.dtype, trainer.precision_plugin.forward_context)
             dm.serve(split, FeatureDataset(features, dataset, self.seed))
-        log.info("feature cache: %d variant(s) of %d train + %d val patches in %.1f s",
+        log.info("feature cache: %d variant(s) of %d train + %d val patches in %.1f s (%s, %.1f MB)",
                  self.variants, len(dm.dataset("train")), len(dm.dataset("val")),
-                 time.perf_counter() - start)
+                 time.perf_counter() - start, str(self.dtype).removeprefix("torch."),
+                 sum(dm.served[s].features.nbytes for s in ("train", "val")) / 1e6)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module) -> None:
         dataset = trainer.datamodule.served.get("train")

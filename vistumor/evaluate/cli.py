@@ -5,9 +5,10 @@ official-format detection CSVs (from this pipeline, NCRF or MONAI), as the offic
     python -m vistumor.evaluate --predictions preds/ --annotations lesion_annotations/ \\
         --reference reference.csv --out outputs/evaluation
 
-With ``--lesions`` (predicted lesion polygons) it also stages the slides the CAMELYON17 way:
-metastasis category per slide, lesion sensitivity per category, and the pN stage and its
-quadratic weighted kappa when slides make patients (``staging.json``, ``staging.png``).
+With ``--lesions`` (predicted lesion polygons) it also categorises the slides the CAMELYON17
+way: metastasis category per slide, lesion sensitivity per category, and the pN category ("pN
+stage") and its quadratic weighted kappa when slides make patients (``staging.json``,
+``staging.png``). Both parts run through :func:`~vistumor.evaluate.pipeline.evaluate_slides`.
 
 A user error is one line ``error: ...`` on stderr and exit status 2.
 """
@@ -16,16 +17,19 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from vistumor.errors import VisTumorError, user_error
-from vistumor.evaluate.auc import N_BOOTSTRAP
-from vistumor.evaluate.evaluation import FROC, OFFICIAL_EXCLUDE, Evaluation, evaluate, parse_exclude
-from vistumor.evaluate.froc import MODES, OFFICIAL
+from vistumor.evaluate.camelyon16.auc import N_BOOTSTRAP
+from vistumor.evaluate.camelyon16.froc import MODES, OFFICIAL
+from vistumor.evaluate.camelyon16.masks import ITC_UM, MARGIN_UM, MASK_LEVEL, PIXEL_UM
+from vistumor.evaluate.camelyon17.categories import read_patients
+from vistumor.evaluate.camelyon17.evaluation import PnEvaluation
+from vistumor.evaluate.exclusions import OFFICIAL_EXCLUDE
 from vistumor.evaluate.io import (
-    ReferenceSlide,
     annotation_files,
     files_by_slide,
     lesion_files,
@@ -34,12 +38,7 @@ from vistumor.evaluate.io import (
     read_reference,
     read_scores,
 )
-from vistumor.evaluate.masks import ITC_UM, MARGIN_UM, MASK_LEVEL, PIXEL_UM, MaskSource
-from vistumor.evaluate.report import write_report
-from vistumor.evaluate.stage_evaluation import Staging, StagingInput, evaluate_staging
-from vistumor.evaluate.staging import read_patients
-from vistumor.evaluate.staging_report import write_staging_report
-from vistumor.labels import is_tumor
+from vistumor.evaluate.pipeline import Options, Outcome, SlideSet, check_out, evaluate_slides
 from vistumor.wsi.slide import SLIDE_SUFFIXES, Slide
 
 
@@ -90,82 +89,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(message)s")
     try:
-        check_staging_args(args)
-        evaluation = run(args)
-        staging = run_staging(args) if args.lesions else None
+        check_args(args)
+        options = Options(args.mode, args.exclude, args.bootstrap, args.seed, args.margin_um, args.pixel_um)
+        outcome = evaluate_slides(read_slide_set(args), args.out, options, settings(args), pn_settings(args))
     except VisTumorError as err:
         return user_error(err)
-    print(summary(evaluation, args.out, staging))
+    print(summary(outcome, args.out))
     return 0
 
 
-def check_staging_args(args: argparse.Namespace) -> None:
+def check_args(args: argparse.Namespace) -> None:
+    """Flags that make no sense together, or numbers no evaluation can use, in one line."""
     if args.lesions is None and (args.patients is not None or args.mpp is not None):
         raise VisTumorError("--patients and --mpp are for staging: give --lesions too")
-    if args.mpp is not None and not args.mpp > 0:
+    if args.mpp is not None and not (math.isfinite(args.mpp) and args.mpp > 0):
         raise VisTumorError(f"--mpp must be a positive number of um per pixel, got {args.mpp}")
+    check_out(args.out)
 
 
-def run(args: argparse.Namespace) -> Evaluation:
-    """Read the inputs, evaluate, write the report into ``args.out``."""
+def read_slide_set(args: argparse.Namespace) -> SlideSet:
+    """The inputs named by the flags, each file read once."""
     reference = read_reference(args.reference)
     known = {slide.slide.lower() for slide in reference}
+    lesions = lesion_files(args.lesions) if args.lesions else None
     predictions = {}
     for key, path in prediction_files(args.predictions).items():
-        if key not in known:
-            raise VisTumorError(f"no slide of the reference {args.reference} matches this file", path)
+        _check_known(key, path, known, args.reference)
         predictions[path.stem] = read_detections(path)
-    masks = MaskSource(annotation_files(args.annotations), dimensions_of(reference, args.slides),
-                       margin_um=args.margin_um, pixel_um=args.pixel_um)
-    scores = read_scores(args.scores) if args.scores else None
-    evaluation = evaluate(predictions, masks, reference, mode=args.mode, scores=scores, exclude=args.exclude,
-                          n_bootstrap=args.bootstrap, seed=args.seed)
-    write_report(evaluation, args.out, settings(args))
-    return evaluation
+    for key, path in (lesions or {}).items():
+        _check_known(key, path, known, args.reference)
+    return SlideSet(
+        reference, predictions, annotation_files(args.annotations), dimensions=dimensions_of(args.slides),
+        scores=read_scores(args.scores) if args.scores else None, lesions=lesions,
+        mpp=mpp_of(args.slides, args.mpp), patients=read_patients(args.patients) if args.patients else None,
+        sources={"annotations": args.annotations, "lesions": args.lesions},
+    )
 
 
-def run_staging(args: argparse.Namespace) -> Staging:
-    """Stage the reference slides from ``args.lesions`` and the annotations; write
-    ``staging.json`` and ``staging.png`` into ``args.out``."""
-    reference = read_reference(args.reference)
-    known = {slide.slide.lower() for slide in reference}
-    lesions = lesion_files(args.lesions)
-    for key, path in lesions.items():
-        if key not in known:
-            raise VisTumorError(f"no slide of the reference {args.reference} matches this file", path)
-    annotations = annotation_files(args.annotations)
-    left_out = parse_exclude(args.exclude)[FROC]
-    mpp = mpp_of(args.slides, args.mpp)
-    inputs = []
-    for slide in reference:
-        key = slide.slide.lower()
-        annotation = annotations.get(key) if is_tumor(slide.label) else None
-        if key not in left_out:
-            _check_staging_files(slide, annotation, key in lesions, args)
-        inputs.append(StagingInput(slide.slide, None if key in left_out else mpp(slide.slide), annotation,
-                                   lesions.get(key)))
-    patients = read_patients(args.patients) if args.patients else None
-    staging = evaluate_staging(inputs, patients, exclude=args.exclude)
-    write_staging_report(staging, args.out, {
-        "lesions": str(args.lesions), "annotations": str(args.annotations), "reference": str(args.reference),
-        "patients": str(args.patients) if args.patients else None, "mpp": args.mpp, "exclude": list(args.exclude),
-    })
-    return staging
-
-
-def _check_staging_files(slide: ReferenceSlide, annotation: Path | None, has_lesions: bool,
-                         args: argparse.Namespace) -> None:
-    """A tumor slide needs its lesion polygons (not a mask TIFF) and a predicted lesion file."""
-    if not is_tumor(slide.label):
-        return
-    if annotation is None:
-        raise VisTumorError(f"tumor slide '{slide.slide}' has no annotation", args.annotations)
-    if annotation.suffix.lower() in (".tif", ".tiff"):
-        raise VisTumorError("staging measures lesion polygons: give ASAP XML or GeoJSON annotations, "
-                            "not a mask TIFF", annotation)
-    if not has_lesions:
-        raise VisTumorError(f"tumor slide '{slide.slide}' has no predicted lesion file "
-                            f"(expected {slide.slide}.geojson or .xml)", args.lesions)
+def _check_known(key: str, path: Path, known: set[str], reference: Path) -> None:
+    if key not in known:
+        raise VisTumorError(f"no slide of the reference {reference} matches this file", path)
 
 
 def mpp_of(slides: Path | None, default: float | None) -> Callable[[str], float | None]:
@@ -182,20 +145,17 @@ def mpp_of(slides: Path | None, default: float | None) -> Callable[[str], float 
     return mpp
 
 
-def dimensions_of(reference: Sequence[ReferenceSlide], slides: Path | None) -> Callable[[str], Any]:
-    """Level-0 ``(width, height)`` by lower-case slide name: from the reference, else from
-    the slide file in ``slides``, else None."""
-    known = {slide.slide.lower(): slide.dimensions for slide in reference if slide.dimensions}
+def dimensions_of(slides: Path | None) -> Callable[[str], tuple[int, int] | None]:
+    """Level-0 ``(width, height)`` by slide name from the slide file in ``slides``, else None
+    (the reference's own ``width,height`` come first: :func:`~vistumor.evaluate.pipeline.evaluate_slides`)."""
     files = files_by_slide(slides, SLIDE_SUFFIXES) if slides is not None else {}
 
     def dimensions(slide: str) -> tuple[int, int] | None:
-        key = slide.lower()
-        if key in known:
-            return known[key]
-        if key in files:
-            with Slide(files[key]) as opened:
-                return opened.dimensions
-        return None
+        path = files.get(slide.lower())
+        if path is None:
+            return None
+        with Slide(path) as opened:
+            return opened.dimensions
 
     return dimensions
 
@@ -210,8 +170,17 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def summary(evaluation: Evaluation, out: Path, staging: Staging | None = None) -> str:
-    """Three lines for the terminal (four with staging)."""
+def pn_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """Inputs and parameters, recorded in ``staging.json``."""
+    return {
+        "lesions": str(args.lesions), "annotations": str(args.annotations), "reference": str(args.reference),
+        "patients": str(args.patients) if args.patients else None, "mpp": args.mpp, "exclude": list(args.exclude),
+    }
+
+
+def summary(outcome: Outcome, out: Path) -> str:
+    """Three lines for the terminal (four with the CAMELYON17 part)."""
+    evaluation = outcome.evaluation
     froc_low, froc_high = evaluation.froc_ci95
     auc_low, auc_high = evaluation.auc_ci95
     curve = evaluation.curve
@@ -221,16 +190,16 @@ def summary(evaluation: Evaluation, out: Path, staging: Staging | None = None) -
         f"{curve.n_lesions} lesions, {curve.n_slides} slides); slide AUC {evaluation.auc:.4f} "
         f"[95% CI {auc_low:.4f}, {auc_high:.4f}] ({evaluation.n_slides('auc')} slides)\n"
         f"sensitivity at FPs per slide {rates}\n"
-        + (staging_line(staging) + "\n" if staging is not None else "")
+        + (pn_line(outcome.pn) + "\n" if outcome.pn is not None else "")
         + f"wrote {out}"
     )
 
 
-def staging_line(staging: Staging) -> str:
+def pn_line(result: PnEvaluation) -> str:
     """Category accuracy, per-category lesion sensitivity, and the kappa when patients exist."""
-    sens = ", ".join(f"{cat} {v['hit']}/{v['lesions']}" for cat, v in staging.sensitivity.items())
-    line = (f"metastasis categories: accuracy {staging.accuracy:.3f} ({len(staging.slides)} slides); "
+    sens = ", ".join(f"{cat} {v['hit']}/{v['lesions']}" for cat, v in result.sensitivity.items())
+    line = (f"metastasis categories: accuracy {result.accuracy:.3f} ({len(result.slides)} slides); "
             f"lesions hit {sens}")
-    if staging.patients:
-        line += f"; pN kappa {staging.kappa:.4f} ({len(staging.patients)} patients)"
+    if result.patients:
+        line += f"; pN kappa {result.kappa:.4f} ({len(result.patients)} patients)"
     return line

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from vistumor.errors import VisTumorError
-from vistumor.files import read_slide_table
+from vistumor.files import read_slide_table, read_text
 from vistumor.labels import parse_label
 
 ANNOTATION_SUFFIXES = (".xml", ".geojson", ".json", ".tif", ".tiff")
@@ -34,10 +34,15 @@ class ReferenceSlide:
 
 def read_detections(path: str | Path) -> np.ndarray:
     """Detections of one official-format CSV (no header, rows ``prob,x,y``, level-0 pixels)
-    as an ``(n, 3)`` float64 array; blank lines are skipped, extra columns ignored."""
+    as an ``(n, 3)`` float64 array; blank lines are skipped, extra columns ignored.
+
+    A probability outside ``[0, 1]`` (or NaN), a negative or non-finite coordinate, or text
+    that is not UTF-8 is one error naming the file and the line (a probability of -0.5 would
+    otherwise sit below the script's 0 placeholders and count every missed lesion as a hit).
+    """
     path = Path(path)
     rows = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    for number, line in enumerate(read_text(path).splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -45,8 +50,10 @@ def read_detections(path: str | Path) -> np.ndarray:
         except ValueError:
             raise VisTumorError(f"line {number}: expected 'prob,x,y' numbers (no header), got {line!r}",
                                 path) from None
-        if not np.isfinite([prob, x, y]).all() or x < 0 or y < 0:
-            raise VisTumorError(f"line {number}: expected a finite prob and x, y >= 0, got {line!r}", path)
+        if not 0 <= prob <= 1:  # NaN fails too
+            raise VisTumorError(f"line {number}: probability {prob:g} outside [0, 1], got {line!r}", path)
+        if not np.isfinite([x, y]).all() or x < 0 or y < 0:
+            raise VisTumorError(f"line {number}: expected finite x, y >= 0, got {line!r}", path)
         rows.append((prob, x, y))
     return np.array(rows, np.float64).reshape(-1, 3)
 

@@ -19,7 +19,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from vistumor.errors import VisTumorError, user_error
-from vistumor.evaluate import report
+from vistumor.evaluate.camelyon16 import report
 from vistumor.explain import localization
 from vistumor.files import write_text
 from vistumor.labels import CLASSES

@@ -2,7 +2,7 @@
 
 Patches of one slide are not independent (one stain, one patient, one scan), so every
 interval resamples **slides** with replacement, taking all of a slide's patches along
-(:func:`vistumor.evaluate.bootstrap_ci`). Two runs tested on the same slides are compared
+(:func:`vistumor.evaluate.camelyon16.auc.bootstrap_ci`). Two runs tested on the same slides are compared
 on the same resamples (a paired bootstrap): the interval of the difference, and a two-sided
 p-value, say whether one architecture really differs from the other.
 """
@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from vistumor.errors import VisTumorError
-from vistumor.evaluate import bootstrap_ci, roc_auc
+from vistumor.evaluate.camelyon16.auc import bootstrap_ci, roc_auc
 from vistumor.labels import confusion_counts, missing_classes, predict
 from vistumor.model.metrics import rates
 

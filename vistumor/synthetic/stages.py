@@ -6,7 +6,7 @@ category, ``itc``, ``micro`` or ``macro``: its largest lesion's longest diameter
 Feret diameter) is drawn in that category's millimetre range, and smaller lesions of the
 lower categories keep it company. The categories are CAMELYON17's (isolated tumour cells up
 to 0.2 mm, micro-metastases up to 2.0 mm, macro-metastases beyond; see
-``vistumor.evaluate.staging``); the ranges below stay clear of both boundaries, so the
+``vistumor.evaluate.camelyon17.categories``); the ranges below stay clear of both boundaries, so the
 1/8 px rounding of the vertices never moves a lesion across one.
 
 A > 2 mm lesion needs a slide of several millimetres: :data:`MIN_SIDE_MM`, e.g.

@@ -1,7 +1,8 @@
-"""Evaluating a whole-slide run: each model's detections and scores against the slides'
-labels and annotations (:mod:`vistumor.evaluate`), written to ``models/<name>/evaluation/``;
-then CAMELYON17's staging of its lesion polygons (metastasis categories, pN stages when the
-slides make patients) into the same folder."""
+"""Evaluating a whole-slide run: each model's detections, scores and lesion polygons against the
+slides' labels and annotations, through the one evaluation (:func:`vistumor.evaluate.evaluate_slides`,
+as ``python -m vistumor.evaluate`` runs it), written to ``models/<name>/evaluation/``: CAMELYON16's
+slide AUC and FROC, then CAMELYON17's metastasis categories (pN categories when the slides make
+patients) in the same folder."""
 
 from __future__ import annotations
 
@@ -12,17 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from vistumor.errors import VisTumorError
-from vistumor.evaluate import (
-    MaskSource,
-    StagingInput,
-    evaluate,
-    evaluate_staging,
-    read_detections,
-    read_patients,
-    write_report,
-    write_staging_report,
-)
-from vistumor.evaluate.report import FOLDER as EVALUATION
+from vistumor.evaluate import Options, Outcome, SlideSet, evaluate_slides
+from vistumor.evaluate.camelyon16.report import FOLDER as EVALUATION
+from vistumor.evaluate.camelyon17.categories import read_patients
+from vistumor.evaluate.io import ReferenceSlide, read_detections
 from vistumor.infer.batch import DONE
 from vistumor.infer.inputs import SlideInput
 from vistumor.infer.slide_run import ModelRun
@@ -34,12 +28,12 @@ log = logging.getLogger(__name__)
 def evaluate_run(items: Sequence[SlideInput], models: Sequence[ModelRun], out: Path, mode: str = "official",
                  seed: int = 0, patients: str | Path | None = None) -> dict[str, dict[str, Any]]:
     """Slide AUC and lesion FROC of every model over the run's labelled, finished slides, then
-    the staging of its lesions (categories; pN stages for slides of a patient: from ``patients``,
-    a ``slide,patient`` CSV, or else CAMELYON17 slide names ``patient_004_node_4``).
+    the categories of its lesions (pN categories for slides of a patient: from ``patients``, a
+    ``slide,patient`` CSV, or else CAMELYON17 slide names ``patient_004_node_4``).
 
     Returns ``model -> {"test/slide_auc", "test/slide_auc_ci95", "test/froc", "test/froc_ci95",
     "evaluation", "test/category_accuracy", "staging"}`` plus ``"test/kappa"`` when patients exist
-    (``"staging_skipped": why`` instead of the staging keys when it cannot be staged), or
+    (``"staging_skipped": why`` instead of the CAMELYON17 keys when it cannot run), or
     ``model -> {"skipped": why}``; slides that failed are left out and named.
     """
     patient_map = read_patients(patients) if patients is not None else None
@@ -48,74 +42,58 @@ def evaluate_run(items: Sequence[SlideInput], models: Sequence[ModelRun], out: P
     labelled = [s for s in items if s.label is not None]
     finished = [s for s in labelled if (records[s.slide_id] or {}).get("status") == DONE]
     left_out = sorted(s.slide_id for s in labelled if s not in finished)
-    results: dict[str, dict[str, Any]] = {}
     if not finished:
         return {m.name: {"skipped": "no finished slide with a known label"} for m in models}
+    settings = {"mode": mode, "slides": [s.slide_id for s in finished], "left_out_failed": left_out}
+    results: dict[str, dict[str, Any]] = {}
     for m in models:
-        sidecars = {s.slide_id: _sidecar(m, s.slide_id) for s in finished}
         try:
-            evaluation = _evaluate_model(m, finished, records, sidecars, mode, seed)
+            slides = _slide_set(m, finished, records, patient_map)
+            outcome = evaluate_slides(slides, m.folder / EVALUATION, Options(mode=mode, seed=seed), settings,
+                                      {**settings, "patients": patient_source}, skip_failed_pn=True)
         except VisTumorError as err:  # e.g. a tumor slide without its annotation: AUC only is not FROC
             log.warning("%s: evaluation skipped: %s", m.name, err)
             results[m.name] = {"skipped": str(err)}
             continue
-        settings = {"mode": mode, "slides": [s.slide_id for s in finished], "left_out_failed": left_out}
-        paths = write_report(evaluation, m.folder / EVALUATION, settings)
-        results[m.name] = {"test/slide_auc": evaluation.auc, "test/slide_auc_ci95": list(evaluation.auc_ci95),
-                           "test/froc": evaluation.froc, "test/froc_ci95": list(evaluation.froc_ci95),
-                           "evaluation": str(paths["json"])}
-        log.info("%s: slide AUC %.3f [%.3f, %.3f], FROC %.3f [%.3f, %.3f] over %d slides", m.name,
-                 evaluation.auc, *evaluation.auc_ci95, evaluation.froc, *evaluation.froc_ci95, len(finished))
-        results[m.name].update(_stage_model(m, finished, sidecars, patient_map,
-                                            {**settings, "patients": patient_source}))
+        results[m.name] = _summary(m.name, outcome, len(finished))
     return results
 
 
-def _stage_model(m: ModelRun, slides: Sequence[SlideInput], sidecars: dict[str, dict],
-                 patients: dict[str, str] | None, settings: dict[str, Any]) -> dict[str, Any]:
-    """Categories and pN stages of one model's lesions, written beside its evaluation; a slide
-    that cannot be staged (no µm per pixel, a tumor slide without annotation) skips it, named."""
-    try:
-        inputs = [StagingInput(s.slide_id, sidecars[s.slide_id].get("mpp"), _annotation(s),
-                               m.path("lesions", s.slide_id, ".geojson")) for s in slides]
-        staging = evaluate_staging(inputs, patients, groups=m.annotation_groups)
-    except VisTumorError as err:
-        log.warning("%s: staging skipped: %s", m.name, err)
-        return {"staging_skipped": str(err)}
-    paths = write_staging_report(staging, m.folder / EVALUATION, settings)
-    kappa = f", pN kappa {staging.kappa:.3f} over {len(staging.patients)} patients" if staging.patients else ""
-    log.info("%s: metastasis category accuracy %.3f over %d slides%s", m.name, staging.accuracy,
-             len(staging.slides), kappa)
-    return {**staging.metrics("test"), "staging": str(paths["json"])}
+def _summary(model: str, outcome: Outcome, n_slides: int) -> dict[str, Any]:
+    """The model's numbers and files, each logged."""
+    ev = outcome.evaluation
+    log.info("%s: slide AUC %.3f [%.3f, %.3f], FROC %.3f [%.3f, %.3f] over %d slides", model,
+             ev.auc, *ev.auc_ci95, ev.froc, *ev.froc_ci95, n_slides)
+    result = {"test/slide_auc": ev.auc, "test/slide_auc_ci95": list(ev.auc_ci95),
+              "test/froc": ev.froc, "test/froc_ci95": list(ev.froc_ci95), "evaluation": str(outcome.files["json"])}
+    if outcome.pn_skipped is not None:
+        log.warning("%s: staging skipped: %s", model, outcome.pn_skipped)
+        return {**result, "staging_skipped": outcome.pn_skipped}
+    pn = outcome.pn
+    kappa = f", pN kappa {pn.kappa:.3f} over {len(pn.patients)} patients" if pn.patients else ""
+    log.info("%s: metastasis category accuracy %.3f over %d slides%s", model, pn.accuracy, len(pn.slides), kappa)
+    return {**result, **pn.metrics("test"), "staging": str(outcome.pn_files["json"])}
 
 
-def _sidecar(m: ModelRun, slide_id: str) -> dict:
-    return json.loads(m.path("heatmaps", slide_id, ".json").read_text())
-
-
-def _annotation(s: SlideInput) -> Path | None:
-    """A tumor slide's annotation; None for a normal slide (no lesion)."""
-    if s.label != TUMOR:
-        return None
-    if not s.annotation:
-        raise VisTumorError(f"tumor slide '{s.slide_id}' has no annotation to stage it by")
-    return s.annotation
+def _slide_set(m: ModelRun, slides: Sequence[SlideInput], records: dict,
+               patients: dict[str, str] | None) -> SlideSet:
+    """One model's files of the finished slides: detections, scores, lesions, and the slide
+    geometry its heatmap sidecars recorded."""
+    sidecars = {s.slide_id: json.loads(m.path("heatmaps", s.slide_id, ".json").read_text()) for s in slides}
+    reference = [ReferenceSlide(s.slide_id, s.label, (int(sidecars[s.slide_id]["width0"]),
+                                                      int(sidecars[s.slide_id]["height0"]))) for s in slides]
+    return SlideSet(
+        reference=reference,
+        predictions={s.slide_id: read_detections(m.path("detections", s.slide_id, ".csv")) for s in slides},
+        annotations={s.slide_id: Path(s.annotation) for s in slides if s.label == TUMOR and s.annotation},
+        scores={s.slide_id: records[s.slide_id]["models"][m.name]["score"] for s in slides},
+        lesions={s.slide_id: m.path("lesions", s.slide_id, ".geojson") for s in slides
+                 if m.path("lesions", s.slide_id, ".geojson").is_file()},
+        mpp=lambda slide: sidecars[slide].get("mpp"),
+        patients=patients, groups=m.annotation_groups,
+    )
 
 
 def _record(out: Path, slide_id: str) -> dict | None:
     path = out / "status" / f"{slide_id}.json"
     return json.loads(path.read_text()) if path.is_file() else None
-
-
-def _evaluate_model(m: ModelRun, slides: Sequence[SlideInput], records: dict, sidecars: dict[str, dict],
-                    mode: str, seed: int):
-    predictions = {s.slide_id: read_detections(m.path("detections", s.slide_id, ".csv")) for s in slides}
-    scores = {s.slide_id: records[s.slide_id]["models"][m.name]["score"] for s in slides}
-
-    def dimensions(slide_id: str) -> tuple[int, int]:
-        return int(sidecars[slide_id]["width0"]), int(sidecars[slide_id]["height0"])
-
-    annotations = {s.slide_id: s.annotation for s in slides if s.label == TUMOR and s.annotation}
-    masks = MaskSource(annotations, dimensions, groups=m.annotation_groups)
-    return evaluate(predictions, masks, {s.slide_id: s.label for s in slides}, mode=mode, scores=scores,
-                    seed=seed)

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from vistumor.config import plain
 from vistumor.data.datamodule import PatchDataModule
 from vistumor.errors import BadPatchError, ConfigError, VisTumorError
-from vistumor.evaluate.auc import youden_threshold
+from vistumor.evaluate.camelyon16.auc import youden_threshold
 from vistumor.files import atomic_path, write_json
 from vistumor.labels import confusion_counts, predict
 from vistumor.model import devices, metrics

@@ -78,7 +78,7 @@ def bootstrap_ci(
 
     Args:
         values_by_slide: one value per slide (any object: a ``(label, score)`` pair, a
-            :class:`~vistumor.evaluate.froc.SlideHits`, ...), as a mapping or a sequence.
+            :class:`~vistumor.evaluate.camelyon16.froc.SlideHits`, ...), as a mapping or a sequence.
         statistic: computes the metric from a list of per-slide values (a resample may hold a
             slide twice); it returns NaN (or raises :class:`VisTumorError`) where undefined,
             e.g. a resample with one class, and that resample is skipped.

@@ -5,48 +5,58 @@ Which slides count, and where this differs from the official ``Evaluation_FROC.p
 the reference table (not the folder of prediction files) lists the slides; a prediction
 file must name a reference slide and every tumor slide needs one (the script silently
 treats an unknown file as a normal slide and returns NaN without tumors: NCRF issue #61);
-a normal slide without a file has no detections and still counts in the FPs per slide.
+a normal slide without a file has no detections and still counts in the FPs per slide; a tumor
+slide whose annotation gives no lesion (no tumor region, or wholly outside the slide) is left out
+of the lesion task with a warning and marked ``unusable`` (the script would count 0 lesions and
+score its detections as false positives), and stays in the slide task, whose label it keeps.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from vistumor.errors import AnnotationError, ConfigError, VisTumorError
-from vistumor.evaluate.auc import N_BOOTSTRAP, auc_ci, roc_auc, roc_curve
-from vistumor.evaluate.froc import FP_RATES, OFFICIAL, FrocCurve, SlideHits, froc_ci, froc_curve, slide_hits
+from vistumor.errors import AnnotationError, VisTumorError
+from vistumor.evaluate.camelyon16.auc import N_BOOTSTRAP, auc_ci, roc_auc, roc_curve
+from vistumor.evaluate.camelyon16.froc import (
+    FP_RATES,
+    OFFICIAL,
+    FrocCurve,
+    SlideHits,
+    froc_ci,
+    froc_curve,
+    slide_hits,
+)
+from vistumor.evaluate.camelyon16.masks import EvaluationMask, UnusableAnnotation
+from vistumor.evaluate.exclusions import AUC, FROC, OFFICIAL_EXCLUDE, TASKS, parse_exclude
 from vistumor.evaluate.io import ReferenceSlide
-from vistumor.evaluate.masks import EvaluationMask
 from vistumor.labels import is_tumor, name, parse_label
 
-#: the slide task (AUC) and the lesion task (FROC)
-AUC, FROC = "auc", "froc"
-TASKS = (AUC, FROC)
-#: NCRF README, "FROC evaluation": "Test_049 and Test_114 are excluded from the evaluation as noted by
-#: the Camelyon16 organizers": test_049 (a duplicate slide) leaves both tasks, test_114 the lesion task
-#: only (so the real test set has 129 slides for the AUC, 128 for the FROC). ``name:task`` names one task.
-OFFICIAL_EXCLUDE = ("test_049", "test_114:froc")
+log = logging.getLogger(__name__)
+
 _EMPTY = np.zeros((0, 3))
 
 
 @dataclass(frozen=True)
 class SlideRow:
     """One reference slide's part in the evaluation: its AUC score (None when excluded from
-    the slide task) and its hits (None when excluded from the lesion task)."""
+    the slide task), its hits (None when excluded from the lesion task) and, for a tumor slide
+    whose annotation gives no lesion, why (then it has no hits)."""
 
     slide: str
     label: int
     n_detections: int
     score: float | None
     hits: SlideHits | None
+    unusable: str | None = None
 
 
 @dataclass(frozen=True)
 class Evaluation:
-    """Results of :func:`evaluate` (see :mod:`vistumor.evaluate.report` for files)."""
+    """Results of :func:`evaluate` (see :mod:`vistumor.evaluate.camelyon16.report` for files)."""
 
     mode: str
     curve: FrocCurve
@@ -57,6 +67,11 @@ class Evaluation:
     slides: list[SlideRow]
     excluded: dict[str, list[str]]
     without_predictions: list[str]
+
+    @property
+    def unusable(self) -> dict[str, str]:
+        """Tumor slides left out of the lesion task because their annotation gives no lesion: why."""
+        return {row.slide: row.unusable for row in self.slides if row.unusable is not None}
 
     @property
     def froc(self) -> float:
@@ -74,23 +89,9 @@ class Evaluation:
     def n_slides(self, task: str) -> int:
         return sum((row.score if task == AUC else row.hits) is not None for row in self.slides)
 
-    def metrics(self, stage: str = "test") -> dict[str, float]:
-        """The headline numbers under ``stage/name`` keys."""
-        return {f"{stage}/froc": self.froc, f"{stage}/slide_auc": self.auc}
-
-
-def parse_exclude(entries: Iterable[str]) -> dict[str, set[str]]:
-    """Lower-case slide names excluded from each task: ``name`` leaves both, ``name:auc`` or
-    ``name:froc`` one."""
-    excluded: dict[str, set[str]] = {task: set() for task in TASKS}
-    for entry in entries:
-        name, _, task = str(entry).partition(":")
-        tasks = (task.strip().lower(),) if task else TASKS
-        if not name.strip() or not set(tasks) <= set(TASKS):
-            raise ConfigError(f"exclusion {entry!r}: expected 'slide' or 'slide:task', task one of {TASKS}")
-        for t in tasks:
-            excluded[t].add(name.strip().lower())
-    return excluded
+    def metrics(self, split: str = "test") -> dict[str, float]:
+        """The headline numbers under ``split/name`` keys."""
+        return {f"{split}/froc": self.froc, f"{split}/slide_auc": self.auc}
 
 
 def evaluate(
@@ -104,9 +105,9 @@ def evaluate(
     Args:
         predictions: slide name -> ``(n, 3)`` detections ``prob, x, y`` (level-0 pixels).
         masks: slide name -> evaluation mask, for the tumor slides of the lesion task
-            (read lazily, one at a time: a :class:`~vistumor.evaluate.masks.MaskSource` works).
+            (read lazily, one at a time: a :class:`~vistumor.evaluate.camelyon16.masks.MaskSource` works).
         reference: the slides with their labels, as :class:`ReferenceSlide` or name -> label.
-        mode: ``official`` (the script to the bit) or ``strict`` (see :mod:`~vistumor.evaluate.froc`).
+        mode: ``official`` (the script to the bit) or ``strict`` (see :mod:`~vistumor.evaluate.camelyon16.froc`).
         scores: slide name -> score for the AUC; default the slide's highest detection
             probability (0 without detections).
         exclude: slides left out, ``name`` or ``name:task`` (default the official exclusions).
@@ -114,7 +115,9 @@ def evaluate(
 
     Slide names match case-insensitively. Raises :class:`VisTumorError` on predictions or
     scores for unknown slides, a tumor slide without predictions or mask, a detection
-    outside its slide's mask, or a task without both classes / without lesions.
+    outside its slide's mask, or a task without both classes / without lesions. A tumor slide
+    whose mask holds no region (:class:`~vistumor.evaluate.camelyon16.masks.UnusableAnnotation`)
+    leaves the lesion task with a warning and is marked in :attr:`Evaluation.unusable`.
     """
     ref = _reference(reference)
     preds = _by_slide(predictions, ref, "predictions")
@@ -122,7 +125,7 @@ def evaluate(
     excluded = parse_exclude(exclude)
     tasks = {task: [key for key in ref if key not in excluded[task]] for task in TASKS}
     _check_inputs(ref, preds, score_map, masks, tasks)
-    hits = _lesion_task(ref, preds, masks, tasks[FROC])
+    hits, unusable = _lesion_task(ref, preds, masks, tasks[FROC])
     curve = froc_curve(list(hits.values()), mode)
     slide_scores = {key: _slide_score(key, preds, score_map) for key in tasks[AUC]}
     labels = [ref[key].label for key in tasks[AUC]]
@@ -132,8 +135,9 @@ def evaluate(
         mode=mode, curve=curve,
         froc_ci95=froc_ci(list(hits.values()), mode, n_bootstrap, seed),
         auc=roc_auc(labels, values), auc_ci95=auc_ci(labels, values, n_bootstrap, seed), roc=(fpr, tpr),
-        slides=[SlideRow(r.slide, r.label, len(preds.get(key, _EMPTY)), slide_scores.get(key), hits.get(key))
-                for key, r in ref.items() if key in hits or key in slide_scores],
+        slides=[SlideRow(r.slide, r.label, len(preds.get(key, _EMPTY)), slide_scores.get(key), hits.get(key),
+                         unusable.get(key))
+                for key, r in ref.items() if key in hits or key in slide_scores or key in unusable],
         excluded={task: sorted(ref[k].slide for k in ref if k in excluded[task]) for task in TASKS},
         without_predictions=sorted(r.slide for key, r in ref.items() if key not in preds),
     )
@@ -193,14 +197,29 @@ def _check_inputs(ref, preds, score_map, masks, tasks) -> None:
                                   f"but has {has} annotation or mask")
 
 
-def _lesion_task(ref, preds, masks: Mapping[str, EvaluationMask], keys: list[str]) -> dict[str, SlideHits]:
-    """Each slide's hits, building one mask at a time."""
+def _lesion_task(ref, preds, masks: Mapping[str, EvaluationMask],
+                 keys: list[str]) -> tuple[dict[str, SlideHits], dict[str, str]]:
+    """Each slide's hits, building one mask at a time, and the tumor slides whose annotation
+    gives no lesion (left out, with the reason, each named in a warning)."""
     mask_key = {slide.lower(): slide for slide in masks}
-    hits = {}
+    hits, unusable = {}, {}
     for key in keys:
-        mask = masks[mask_key[key]] if key in mask_key else None
+        try:
+            mask = _usable_mask(masks, mask_key[key]) if key in mask_key else None
+        except UnusableAnnotation as err:
+            unusable[key] = str(err)
+            log.warning("tumor slide '%s': annotation unusable (%s): left out of the lesion task (FROC)",
+                        ref[key].slide, err)
+            continue
         hits[key] = slide_hits(ref[key].slide, preds.get(key, _EMPTY), mask)
-    return hits
+    return hits, unusable
+
+
+def _usable_mask(masks: Mapping[str, EvaluationMask], slide: str) -> EvaluationMask:
+    mask = masks[slide]
+    if mask.n_regions == 0:
+        raise UnusableAnnotation("its evaluation mask holds no tumor region")
+    return mask
 
 
 def _slide_score(key: str, preds: Mapping[str, np.ndarray], score_map: Mapping[str, float] | None) -> float:

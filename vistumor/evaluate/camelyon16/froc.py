@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from vistumor.errors import ConfigError, VisTumorError
-from vistumor.evaluate.auc import N_BOOTSTRAP, bootstrap_ci
-from vistumor.evaluate.masks import EvaluationMask
+from vistumor.evaluate.camelyon16.auc import N_BOOTSTRAP, bootstrap_ci
+from vistumor.evaluate.camelyon16.masks import EvaluationMask
 
 OFFICIAL, STRICT = "official", "strict"
 MODES = (OFFICIAL, STRICT)
@@ -112,6 +112,10 @@ def _checked(slide: str, detections: np.ndarray) -> np.ndarray:
         raise VisTumorError(f"slide {slide}: detections must be rows prob, x, y, not {detections.shape}")
     if not np.isfinite(detections).all():
         raise VisTumorError(f"slide {slide}: detections hold NaN or infinite values")
+    outside = np.flatnonzero((detections[:, 0] < 0) | (detections[:, 0] > 1))
+    if outside.size:
+        raise VisTumorError(f"slide {slide}: detection {outside[0] + 1} has probability {detections[outside[0], 0]:g}, "
+                            f"outside [0, 1] ({outside.size} such detection(s))")
     return detections
 
 
@@ -247,7 +251,7 @@ def froc_ci(
 ) -> tuple[float, float]:
     """Bootstrap 95 % interval of the FROC score over slides (resamples without a lesion skipped).
 
-    Draws the same resamples as :func:`~vistumor.evaluate.auc.bootstrap_ci` over ``hits``
+    Draws the same resamples as :func:`~vistumor.evaluate.camelyon16.auc.bootstrap_ci` over ``hits``
     with :func:`froc` as the statistic, only faster.
     """
     pooled = PooledHits(hits, mode)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import shapely
 from skimage import measure
 
 from vistumor.errors import AnnotationError, ConfigError
@@ -189,6 +190,25 @@ def _near(tumor: np.ndarray, threshold: float) -> np.ndarray:
 # -- sources -----------------------------------------------------------------------------------
 
 
+class UnusableAnnotation(AnnotationError):
+    """A tumor slide's annotation gives no lesion to find: it holds no tumor region, or lies
+    wholly outside the slide (:func:`mask_from_annotation`). The evaluation leaves the slide out
+    of the lesion task and says so, rather than counting 0 lesions and its hits as false positives."""
+
+
+def check_usable(annotation: TumorAnnotation, dimensions: tuple[int, int]) -> None:
+    """Refuse, as tiling does, an annotation without tumor or lying wholly outside the slide
+    of level-0 ``dimensions`` ``(width, height)``."""
+    if annotation.is_empty:
+        raise UnusableAnnotation("it holds no tumor region", annotation.source)
+    width0, height0 = dimensions
+    if annotation.geometry.intersection(shapely.box(0, 0, width0, height0)).area <= 0:
+        x0, y0, x1, y1 = (round(v) for v in annotation.geometry.bounds)
+        raise UnusableAnnotation(f"the tumor annotation spans x {x0}-{x1}, y {y0}-{y1}: it lies outside the "
+                                 f"slide ({width0} x {height0} px; another slide's file, or another level's "
+                                 "coordinates?)", annotation.source)
+
+
 def mask_from_annotation(
     annotation: TumorAnnotation | str | Path, dimensions: tuple[int, int],
     groups: Mapping[str, str] | None = None, **params,
@@ -198,10 +218,12 @@ def mask_from_annotation(
 
     ``groups`` maps annotation groups to roles (default: CAMELYON16's, tumor = ``_0``,
     ``_1``, ``Tumor`` minus exclusions ``_2``, ``Exclusion``); ``params`` go to
-    :func:`evaluation_mask`.
+    :func:`evaluation_mask`. Raises :class:`UnusableAnnotation` for an annotation without
+    tumor or wholly outside the slide.
     """
     if not isinstance(annotation, TumorAnnotation):
         annotation = read_annotations(annotation, groups)
+    check_usable(annotation, dimensions)
     downsample = params.get("downsample", MASK_DOWNSAMPLE)
     return evaluation_mask(annotation.mask(downsample, dimensions), **params)
 

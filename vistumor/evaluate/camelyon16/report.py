@@ -11,8 +11,9 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from vistumor.evaluate.evaluation import AUC, TASKS, Evaluation
-from vistumor.evaluate.froc import FP_RATES, FrocCurve
+from vistumor.evaluate.camelyon16.evaluation import Evaluation
+from vistumor.evaluate.camelyon16.froc import FP_RATES, FrocCurve
+from vistumor.evaluate.exclusions import AUC, TASKS
 from vistumor.files import save_figure, write_json, write_text
 from vistumor.labels import name
 
@@ -21,7 +22,7 @@ from vistumor.labels import name
 FOLDER = "evaluation"
 FILES = {"json": "evaluation.json", "csv": "per_slide.csv", "froc": "froc.png", "roc": "roc.png"}
 PER_SLIDE_COLUMNS = (
-    "slide", "label", "score", "n_detections", "n_lesions", "n_itc", "hits", "false_positives",
+    "slide", "label", "score", "n_detections", "n_lesions", "n_itc", "hits", "false_positives", "annotation",
 )
 
 
@@ -69,6 +70,7 @@ def evaluation_json(evaluation: Evaluation) -> dict[str, Any]:
         "slides": {task: evaluation.n_slides(task) for task in TASKS},
         "excluded": evaluation.excluded,
         "without_predictions": evaluation.without_predictions,
+        "unusable_annotations": evaluation.unusable,
         "n_lesions": curve.n_lesions,
         "n_itc": sum(h.n_itc for h in hits),
         "curve": {"thresholds": curve.thresholds.tolist(), "fp_per_slide": curve.fp_per_slide.tolist(),
@@ -78,7 +80,8 @@ def evaluation_json(evaluation: Evaluation) -> dict[str, Any]:
 
 def per_slide_csv(evaluation: Evaluation) -> str:
     """``per_slide.csv``: one row per evaluated slide; lesion columns empty outside the lesion task,
-    the score empty outside the slide task."""
+    the score empty outside the slide task; ``annotation`` is ``unusable (why)`` for a tumor slide
+    left out of the lesion task because its annotation gives no lesion, else empty."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(PER_SLIDE_COLUMNS)
@@ -86,7 +89,7 @@ def per_slide_csv(evaluation: Evaluation) -> str:
         h = row.hits
         lesion = [h.n_lesions, h.n_itc, h.hits, h.false_positives] if h is not None else ["", "", "", ""]
         writer.writerow([row.slide, name(row.label), "" if row.score is None else f"{row.score:.6g}",
-                         row.n_detections, *lesion])
+                         row.n_detections, *lesion, "" if row.unusable is None else f"unusable ({row.unusable})"])
     return buffer.getvalue()
 
 

@@ -1,9 +1,10 @@
 """CAMELYON17's rules: a slide's metastasis category from its largest lesion, a patient's pN
-stage from the categories of its lymph nodes, and which slides make a patient.
+category (the "pN stage" of the AJCC manual) from the categories of its lymph nodes, and which
+slides make a patient.
 
 Sources, quoted beside the constants: the CAMELYON17 challenge's "Evaluation" page
 (https://camelyon17.grand-challenge.org/Evaluation/, G. Litjens, P. Bandi et al., 2017)
-and the AJCC Cancer Staging Manual, 8th edition, breast, pathological N (pN). A lesion's
+and the AJCC Cancer PnEvaluation Manual, 8th edition, breast, pathological N (pN). A lesion's
 size is its longest diameter: the maximum Feret diameter of its polygon. The rules'
 alternative criterion, a count of tumour cells (200), needs cells nobody annotated and is
 not used.
@@ -37,10 +38,10 @@ MICRO_MAX_MM = 2.0
 #: sizes on a boundary up to this relative error (float noise of px * um/px) count as on it
 _TOLERANCE = 1e-9
 
-#: CAMELYON17's pN stages in the order of its quadratic weighted kappa (the official evaluation
+#: CAMELYON17's pN categories ("pN stages") in the order of its quadratic weighted kappa (the official evaluation
 #: script's ``stage_list = ['pN0', 'pN0(i+)', 'pN1mi', 'pN1', 'pN2']``)
 PN0, PN0_ITC, PN1MI, PN1, PN2 = "pN0", "pN0(i+)", "pN1mi", "pN1", "pN2"
-PN_STAGES = (PN0, PN0_ITC, PN1MI, PN1, PN2)
+PN_CATEGORIES = (PN0, PN0_ITC, PN1MI, PN1, PN2)
 #: CAMELYON17 Evaluation: "pN1: Metastases found in 1-3 lymph nodes, of which at least one is a
 #: macro-metastasis. pN2: Metastases found in 4-9 lymph nodes, of which at least one is a
 #: macro-metastasis." A positive node holds a micro- or macro-metastasis: "Lymph nodes containing
@@ -92,13 +93,13 @@ def slide_category(polygons: Sequence[BaseGeometry], mpp: float) -> tuple[str, f
     return category(largest), largest
 
 
-def pn_stage(categories: Iterable[str], patient: str = "") -> str:
-    """CAMELYON17's pN stage of a patient whose nodes have these categories.
+def pn_category(categories: Iterable[str], patient: str = "") -> str:
+    """CAMELYON17's pN category ("pN stage") of a patient whose nodes have these categories.
 
     pN0: no ITC, micro- or macro-metastasis; pN0(i+): ITCs only; pN1mi: micro-metastases, no
     macro-metastasis (however many nodes); pN1: 1-3 positive nodes with at least one
     macro-metastasis; pN2: 4-9 such nodes. More than 9 positive nodes (pN3) is outside the
-    challenge's five stages and an error.
+    challenge's five pN categories and an error.
     """
     counts = Counter(categories)
     unknown = sorted(set(counts) - set(CATEGORIES))
@@ -111,7 +112,7 @@ def pn_stage(categories: Iterable[str], patient: str = "") -> str:
         if positive <= PN2_MAX_NODES:
             return PN2
         raise VisTumorError(f"patient '{patient}': {positive} positive nodes is pN3, outside CAMELYON17's "
-                            f"stages {list(PN_STAGES)}")
+                            f"pN categories {list(PN_CATEGORIES)}")
     if counts[MICRO]:
         return PN1MI
     return PN0_ITC if counts[ITC] else PN0

@@ -1,11 +1,11 @@
-"""Metastasis categories and pN stages of predicted lesions against the annotations.
+"""Metastasis categories and pN categories of predicted lesions against the annotations.
 
 Per slide, the category of its largest predicted lesion meets that of its largest annotated
-lesion (:mod:`~vistumor.evaluate.staging`) in a 4 x 4 confusion matrix; per annotated
+lesion (:mod:`~vistumor.evaluate.camelyon17.categories`) in a 4 x 4 confusion matrix; per annotated
 lesion, categorised by its own diameter, whether a predicted lesion polygon overlaps it
 (sharing interior, not only a boundary): the per-category lesion sensitivity; and, when the
-slides make patients, each patient's pN stage from its nodes and the quadratic weighted
-kappa of the stages (:mod:`~vistumor.evaluate.kappa`), CAMELYON17's score.
+slides make patients, each patient's pN category from its nodes and the quadratic weighted
+kappa of the pN categories (:mod:`~vistumor.evaluate.camelyon17.kappa`), CAMELYON17's score.
 """
 
 from __future__ import annotations
@@ -20,20 +20,20 @@ import shapely
 from shapely.geometry.base import BaseGeometry
 
 from vistumor.errors import VisTumorError
-from vistumor.evaluate.evaluation import FROC, OFFICIAL_EXCLUDE, parse_exclude
-from vistumor.evaluate.kappa import confusion_matrix, kappa_of_matrix
-from vistumor.evaluate.staging import (
+from vistumor.evaluate.camelyon17.categories import (
     CATEGORIES,
     ITC,
     MACRO,
     MICRO,
-    PN_STAGES,
+    PN_CATEGORIES,
     category,
     diameters_mm,
     group_patients,
-    pn_stage,
+    pn_category,
     slide_category,
 )
+from vistumor.evaluate.camelyon17.kappa import confusion_matrix, kappa_of_matrix
+from vistumor.evaluate.exclusions import FROC, OFFICIAL_EXCLUDE, parse_exclude
 from vistumor.wsi.annotations import DEFAULT_GROUPS, ROLE_TUMOR, read_annotations
 
 #: the categories of a lesion (a lesion is never negative)
@@ -55,7 +55,7 @@ class SlideLesions:
 
 
 @dataclass(frozen=True)
-class StagingInput:
+class LesionFiles:
     """Where one slide's lesions are: its annotation (None: no lesion, a normal slide) and
     its predicted lesions (None: none predicted), ASAP XML or GeoJSON."""
 
@@ -66,7 +66,7 @@ class StagingInput:
 
 
 @dataclass(frozen=True)
-class SlideStage:
+class SlideCategory:
     """A slide's category by the annotations and by the predictions, with the longest
     diameters (mm) of the largest lesions (None without lesions)."""
 
@@ -94,7 +94,7 @@ class LesionHit:
 
 
 @dataclass(frozen=True)
-class PatientStage:
+class PatientPn:
     patient: str
     slides: tuple[str, ...]
     reference: str
@@ -102,12 +102,12 @@ class PatientStage:
 
 
 @dataclass(frozen=True)
-class Staging:
-    """Results of :func:`stage_slides` (see :mod:`vistumor.evaluate.staging_report` for files)."""
+class PnEvaluation:
+    """Results of :func:`categorise_slides` (see :mod:`vistumor.evaluate.camelyon17.report` for files)."""
 
-    slides: list[SlideStage]
+    slides: list[SlideCategory]
     lesions: list[LesionHit]
-    patients: list[PatientStage]
+    patients: list[PatientPn]
     excluded: list[str]
 
     @property
@@ -133,23 +133,25 @@ class Staging:
 
     @property
     def pn_confusion(self) -> np.ndarray | None:
-        """Patients by reference stage (rows) and predicted stage, in :data:`PN_STAGES` order; None without patients."""
+        """Patients by reference pN category (rows) and predicted one, in :data:`PN_CATEGORIES` order;
+        None without patients."""
         if not self.patients:
             return None
-        return confusion_matrix([p.reference for p in self.patients], [p.predicted for p in self.patients], PN_STAGES)
+        return confusion_matrix([p.reference for p in self.patients], [p.predicted for p in self.patients],
+                                PN_CATEGORIES)
 
     @property
     def kappa(self) -> float | None:
-        """CAMELYON17's quadratic weighted kappa of the pN stages; None without patients (NaN
-        when undefined: every patient in one reference stage and predicted in one stage)."""
+        """CAMELYON17's quadratic weighted kappa of the pN categories; None without patients (NaN
+        when undefined: every patient in one reference category and predicted in one)."""
         counts = self.pn_confusion
         return None if counts is None else kappa_of_matrix(counts)
 
-    def metrics(self, stage: str = "test") -> dict[str, float]:
-        """Headline numbers under ``stage/name`` keys: the category accuracy, and the kappa when patients exist."""
-        out = {f"{stage}/category_accuracy": self.accuracy}
+    def metrics(self, split: str = "test") -> dict[str, float]:
+        """Headline numbers under ``split/name`` keys: the category accuracy, and the kappa when patients exist."""
+        out = {f"{split}/category_accuracy": self.accuracy}
         if self.patients:
-            out[f"{stage}/kappa"] = self.kappa
+            out[f"{split}/kappa"] = self.kappa
         return out
 
 
@@ -166,21 +168,21 @@ def lesion_hits(lesions: SlideLesions) -> list[LesionHit]:
     return hits
 
 
-def stage_slide(lesions: SlideLesions, patient: str | None = None) -> SlideStage:
+def categorise_slide(lesions: SlideLesions, patient: str | None = None) -> SlideCategory:
     reference, reference_mm = slide_category(lesions.reference, lesions.mpp)
     predicted, predicted_mm = slide_category(lesions.predicted, lesions.mpp)
-    return SlideStage(lesions.slide, lesions.mpp, reference, predicted, reference_mm, predicted_mm,
+    return SlideCategory(lesions.slide, lesions.mpp, reference, predicted, reference_mm, predicted_mm,
                       len(lesions.reference), len(lesions.predicted), patient)
 
 
-def stage_slides(slides: Sequence[SlideLesions], patients: Mapping[str, str] | None = None,
-                 excluded: Iterable[str] = ()) -> Staging:
-    """Categories, lesion hits and pN stages of the slides.
+def categorise_slides(slides: Sequence[SlideLesions], patients: Mapping[str, str] | None = None,
+                 excluded: Iterable[str] = ()) -> PnEvaluation:
+    """Categories, lesion hits and pN categories of the slides.
 
     Args:
         slides: each slide's lesion polygons and µm per pixel.
         patients: slide -> patient (case-insensitive names); default: from CAMELYON17 slide
-            names (``patient_004_node_4``). Slides of no patient are staged but make no pN stage.
+            names (``patient_004_node_4``). Slides of no patient are categorised but make no pN category.
         excluded: slides left out by the caller, recorded in the result.
     """
     names = [s.slide for s in slides]
@@ -188,14 +190,14 @@ def stage_slides(slides: Sequence[SlideLesions], patients: Mapping[str, str] | N
         raise VisTumorError(f"a slide is given twice among {names} (names match case-insensitively)")
     grouped = group_patients(names, patients)
     patient_of = {slide: patient for patient, members in grouped.items() for slide in members}
-    stages = [stage_slide(s, patient_of.get(s.slide)) for s in slides]
-    by_slide = {s.slide: s for s in stages}
-    return Staging(
-        slides=stages,
+    categorised = [categorise_slide(s, patient_of.get(s.slide)) for s in slides]
+    by_slide = {s.slide: s for s in categorised}
+    return PnEvaluation(
+        slides=categorised,
         lesions=[hit for s in slides for hit in lesion_hits(s)],
-        patients=[PatientStage(patient, tuple(members),
-                               pn_stage([by_slide[m].reference for m in members], patient),
-                               pn_stage([by_slide[m].predicted for m in members], patient))
+        patients=[PatientPn(patient, tuple(members),
+                               pn_category([by_slide[m].reference for m in members], patient),
+                               pn_category([by_slide[m].predicted for m in members], patient))
                   for patient, members in sorted(grouped.items())],
         excluded=sorted(excluded),
     )
@@ -207,10 +209,10 @@ def read_polygons(path: Path | None, groups: Mapping[str, str] | None = None) ->
     return [] if path is None else read_annotations(path, groups).polygons
 
 
-def evaluate_staging(inputs: Sequence[StagingInput], patients: Mapping[str, str] | None = None,
-                     exclude: Iterable[str] = OFFICIAL_EXCLUDE, groups: Mapping[str, str] | None = None) -> Staging:
-    """:func:`stage_slides` of lesion files, leaving out the slides excluded from the lesion
-    task (``exclude``, as :func:`~vistumor.evaluate.evaluation.evaluate` takes it)."""
+def evaluate_pn(inputs: Sequence[LesionFiles], patients: Mapping[str, str] | None = None,
+                exclude: Iterable[str] = OFFICIAL_EXCLUDE, groups: Mapping[str, str] | None = None) -> PnEvaluation:
+    """:func:`categorise_slides` of lesion files, leaving out the slides excluded from the lesion
+    task (``exclude``, as :func:`~vistumor.evaluate.camelyon16.evaluation.evaluate` takes it)."""
     left_out = parse_exclude(exclude)[FROC]
     slides = []
     for item in inputs:
@@ -222,5 +224,5 @@ def evaluate_staging(inputs: Sequence[StagingInput], patients: Mapping[str, str]
         slides.append(SlideLesions(item.slide, float(item.mpp), read_polygons(item.annotation, groups),
                                    read_polygons(item.lesions, PREDICTION_GROUPS)))
     if not slides:
-        raise VisTumorError("no slide to stage")
-    return stage_slides(slides, patients, [i.slide for i in inputs if i.slide.lower() in left_out])
+        raise VisTumorError("no slide to categorise")
+    return categorise_slides(slides, patients, [i.slide for i in inputs if i.slide.lower() in left_out])

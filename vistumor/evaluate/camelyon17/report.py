@@ -1,5 +1,5 @@
-"""Files of a staging evaluation, beside ``evaluation.json``: ``staging.json`` (categories per
-slide, the confusion matrix, per-category lesion sensitivity, pN stage per patient and the
+"""Files of the CAMELYON17 evaluation, beside ``evaluation.json``: ``staging.json`` (categories
+per slide, the confusion matrix, per-category lesion sensitivity, pN category per patient and the
 kappa) and ``staging.png`` (the confusion matrices), each written atomically."""
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from vistumor.evaluate.stage_evaluation import Staging
-from vistumor.evaluate.staging import CATEGORIES, ITC_MAX_MM, MICRO_MAX_MM, PN_STAGES
+from vistumor.evaluate.camelyon17.categories import CATEGORIES, ITC_MAX_MM, MICRO_MAX_MM, PN_CATEGORIES
+from vistumor.evaluate.camelyon17.evaluation import PnEvaluation
 from vistumor.files import save_figure, write_json
 
-STAGING_FILES = {"json": "staging.json", "png": "staging.png"}
+PN_FILES = {"json": "staging.json", "png": "staging.png"}
 #: how ``lesion_sensitivity`` decides a hit, recorded with it
 SENSITIVITY_RULE = ("polygon overlap: an annotated lesion, categorised by its own longest diameter, is hit when "
                     "a predicted lesion polygon shares interior with it")
@@ -29,7 +29,7 @@ def _matrix(counts: np.ndarray, labels: tuple[str, ...]) -> dict[str, Any]:
     return {"rows": "reference", "columns": "predicted", "labels": list(labels), "counts": counts.tolist()}
 
 
-def staging_json(staging: Staging) -> dict[str, Any]:
+def pn_json(result: PnEvaluation) -> dict[str, Any]:
     """What ``staging.json`` holds."""
     data: dict[str, Any] = {
         "categories": list(CATEGORIES),
@@ -38,20 +38,20 @@ def staging_json(staging: Staging) -> dict[str, Any]:
         "slides": [{"slide": s.slide, "patient": s.patient, "mpp": s.mpp, "reference": s.reference,
                     "predicted": s.predicted, "reference_mm": _number(s.reference_mm),
                     "predicted_mm": _number(s.predicted_mm), "reference_lesions": s.n_reference,
-                    "predicted_lesions": s.n_predicted} for s in staging.slides],
-        "confusion_matrix": _matrix(staging.confusion, CATEGORIES),
-        "category_accuracy": _number(staging.accuracy),
-        "lesion_sensitivity": staging.sensitivity,
+                    "predicted_lesions": s.n_predicted} for s in result.slides],
+        "confusion_matrix": _matrix(result.confusion, CATEGORIES),
+        "category_accuracy": _number(result.accuracy),
+        "lesion_sensitivity": result.sensitivity,
         "lesion_sensitivity_rule": SENSITIVITY_RULE,
         "lesions": [{"slide": h.slide, "index": h.index, "diameter_mm": _number(h.diameter_mm),
-                     "category": h.category, "hit": h.hit} for h in staging.lesions],
-        "excluded": staging.excluded,
+                     "category": h.category, "hit": h.hit} for h in result.lesions],
+        "excluded": result.excluded,
     }
-    if staging.patients:
+    if result.patients:
         data["patients"] = {p.patient: {"slides": list(p.slides), "reference": p.reference, "predicted": p.predicted}
-                            for p in staging.patients}
-        data["pn_confusion_matrix"] = _matrix(staging.pn_confusion, PN_STAGES)
-        data["kappa"] = _number(staging.kappa)
+                            for p in result.patients}
+        data["pn_confusion_matrix"] = _matrix(result.pn_confusion, PN_CATEGORIES)
+        data["kappa"] = _number(result.kappa)
     return data
 
 
@@ -67,28 +67,28 @@ def _draw_matrix(ax, counts: np.ndarray, labels: tuple[str, ...], title: str) ->
     ax.set_title(title)
 
 
-def staging_figure(staging: Staging, path: str | Path) -> Path:
-    """The slide-category confusion matrix, and the pN-stage one beside it when patients exist."""
-    panels = 2 if staging.patients else 1
+def pn_figure(result: PnEvaluation, path: str | Path) -> Path:
+    """The slide-category confusion matrix, and the pN one beside it when patients exist."""
+    panels = 2 if result.patients else 1
     fig = Figure(figsize=(3.9 * panels, 3.7), dpi=120)
     axes = np.atleast_1d(fig.subplots(1, panels))
-    _draw_matrix(axes[0], staging.confusion, CATEGORIES,
-                 f"slide categories ({len(staging.slides)} slides)\naccuracy {staging.accuracy:.3f}")
-    if staging.patients:
-        kappa = staging.kappa
-        _draw_matrix(axes[1], staging.pn_confusion, PN_STAGES,
-                     f"pN stage ({len(staging.patients)} patients)\nquadratic kappa "
+    _draw_matrix(axes[0], result.confusion, CATEGORIES,
+                 f"slide categories ({len(result.slides)} slides)\naccuracy {result.accuracy:.3f}")
+    if result.patients:
+        kappa = result.kappa
+        _draw_matrix(axes[1], result.pn_confusion, PN_CATEGORIES,
+                     f"pN category ({len(result.patients)} patients)\nquadratic kappa "
                      f"{'undefined' if math.isnan(kappa) else f'{kappa:.3f}'}")
     return save_figure(fig, path)
 
 
-def write_staging_report(staging: Staging, out_dir: str | Path,
+def write_pn_report(result: PnEvaluation, out_dir: str | Path,
                          settings: dict[str, Any] | None = None) -> dict[str, Path]:
     """Write ``staging.json`` and ``staging.png`` into ``out_dir``; ``settings`` go into the JSON."""
-    paths = {key: Path(out_dir) / filename for key, filename in STAGING_FILES.items()}
-    data = staging_json(staging)
+    paths = {key: Path(out_dir) / filename for key, filename in PN_FILES.items()}
+    data = pn_json(result)
     if settings:
         data["settings"] = settings
     write_json(paths["json"], data)
-    staging_figure(staging, paths["png"])
+    pn_figure(result, paths["png"])
     return paths
