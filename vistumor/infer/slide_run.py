@@ -113,6 +113,8 @@ def one_pass(item: SlideInput, grid: SlideGrid, group: list[ModelRun], params: I
     """Decode the grid once; every model scores every batch. Returns per model
     ``(probability map, cam canvas or None)`` and the stream (for its decode count)."""
     maps = {m.name: ProbabilityMap(grid) for m in group}
+    for m in group:  # a scorer that pools the slide (MIL) starts each slide empty
+        getattr(m.scorer, "reset", lambda: None)()
     canvases: dict[str, CamCanvas | None] = {m.name: None for m in group}
     stream = PatchStream(item.path, grid, params.batch_size,
                          params.read.block, params.read.threads)
@@ -176,6 +178,9 @@ def write_outputs(item: SlideInput, grid: SlideGrid, m: ModelRun, pmap: Probabil
                   checksum: str | None = None) -> dict:
     """Heatmap (npy, json, png), stitched CAM, lesions (GeoJSON, XML), detections, figure."""
     values = pmap.result()
+    if m.kind == "attention":  # a MIL model: its heatmap is attention (vistumor.infer.attention)
+        from vistumor.infer.attention import write_attention_outputs
+        return write_attention_outputs(item, grid, m, pmap, canvas, params, annotation, checksum)
     base = {"slide": item.slide_id, "slide_path": str(item.path), "slide_checksum": checksum,
             "model": m.name, "checkpoint": m.checkpoint,
             "input_size": m.input_size, "stride": params.grid.stride, **geometry(grid)}
