@@ -16,7 +16,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
 from vistumor.explain.base import ExplanationMethod, scale_maps
-from vistumor.explain.layers import target_layer
+from vistumor.explain.layers import resolve_layer
 
 _EPS_AIJ = 1e-6  # pytorch-grad-cam's Grad-CAM++ alpha denominator
 
@@ -26,7 +26,9 @@ class CamMethod(ExplanationMethod):
 
     def __init__(self, model: nn.Module, target_layer_name: str | None = None, batch_size: int = 32):
         super().__init__(model, batch_size)
-        self.layer_name, self.layer = target_layer(model, target_layer_name)
+        #: the layer, its layout (NCHW, NHWC, tokens) and how it reads as a feature map
+        self.target = resolve_layer(model, target_layer_name)
+        self.layer_name, self.layer = self.target.name, self.target.module
 
 
 class FastGradCAM(CamMethod):
@@ -41,7 +43,9 @@ class FastGradCAM(CamMethod):
 
     def raw(self, images: torch.Tensor, targets: list[int] | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits ``(N, classes)`` and unscaled maps ``(N, h, w)`` at the layer's resolution,
-        from one forward pass and a backward pass through the head only."""
+        from one forward pass and a backward pass through the layers after the target only.
+        Activations and gradients are read as ``(N, C, h, w)`` by the layer's
+        :meth:`~vistumor.explain.layers.CamLayer.feature_map` (tokens: prefix dropped)."""
         store: dict[str, torch.Tensor] = {}
 
         def cut(module, inputs, output):
@@ -55,8 +59,10 @@ class FastGradCAM(CamMethod):
             handle.remove()
         chosen = logits.argmax(1) if targets is None else torch.as_tensor(targets, device=logits.device)
         (grads,) = torch.autograd.grad(logits.gather(1, chosen[:, None]).sum(), store["act"])
-        acts = store["act"].detach().float()
-        weights = self.weights(acts, grads.float())
+        size = tuple(images.shape[-2:])
+        acts = self.target.feature_map(store["act"].detach().float(), size)
+        grads = self.target.feature_map(grads.float(), size)
+        weights = self.weights(acts, grads)
         return logits.detach(), (weights[:, :, None, None] * acts).sum(dim=1).clamp(min=0)
 
     def explain(self, images: torch.Tensor, targets: list[int] | None) -> torch.Tensor:
@@ -104,6 +110,7 @@ class LibraryCAM(CamMethod):
     def explain(self, images: torch.Tensor, targets: list[int] | None) -> torch.Tensor:
         wanted = None if targets is None else [ClassifierOutputTarget(t) for t in targets]
         x = images.requires_grad_(True)  # a frozen trunk needs a graph to carry gradients
-        with self.cam_class(model=self.model, target_layers=[self.layer]) as cam:
+        reshape = self.target.reshape_transform(tuple(images.shape[-2:]))  # the fast path's own
+        with self.cam_class(model=self.model, target_layers=[self.layer], reshape_transform=reshape) as cam:
             maps = cam(input_tensor=x, targets=wanted)
         return torch.from_numpy(maps)

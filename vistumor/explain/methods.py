@@ -2,6 +2,8 @@
 
 ``explainer(model, "gradcam++")`` gives a callable mapping ``uint8`` images to maps in
 ``[0, 1]``; ``fast=False`` sends Grad-CAM and Grad-CAM++ through pytorch-grad-cam instead.
+``canvas_method`` gives the batched methods whose raw patch-grid maps the whole-slide
+canvas stitches.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 from torch import nn
 
 from vistumor.errors import ConfigError
+from vistumor.explain.attention import AttentionMap, AttentionRollout
 from vistumor.explain.base import ExplanationMethod
 from vistumor.explain.gradcam import LIBRARY_CAMS, FastGradCAM, FastGradCAMPlusPlus, LibraryCAM
 from vistumor.explain.mask import PredictedMask
@@ -20,14 +23,24 @@ FAST = {cls.name: cls for cls in (FastGradCAMPlusPlus, FastGradCAM)}
 #: CAM methods (a target layer): ours where fast, else pytorch-grad-cam's
 CAM_METHODS = tuple(LIBRARY_CAMS)
 SALIENCY = {cls.name: cls for cls in (Saliency, SmoothGrad)}
+#: a vision transformer's own attention (no target layer, no gradient)
+ATTENTION = {cls.name: cls for cls in (AttentionMap, AttentionRollout)}
 #: a segmentation model's own predicted mask
 MASK = PredictedMask.name
-METHODS = (*CAM_METHODS, *SALIENCY, MASK)
+METHODS = (*CAM_METHODS, *SALIENCY, *ATTENTION, MASK)
+#: methods with raw maps on the patch grid from one batched pass (the whole-slide canvas)
+CANVAS_METHODS = (*FAST, *ATTENTION)
 
 
 def check_method(method: str) -> str:
     if method not in METHODS:
         raise ConfigError(f"unknown explanation method '{method}'; known: {', '.join(METHODS)}")
+    return method
+
+
+def check_canvas_method(method: str) -> str:
+    if method not in CANVAS_METHODS:
+        raise ConfigError(f"infer.cam.method must be one of {', '.join(CANVAS_METHODS)}, got {method!r}")
     return method
 
 
@@ -58,9 +71,18 @@ def explainer(
     check_method(method)
     if method == MASK:
         return PredictedMask(model, batch_size)
+    if method in ATTENTION:
+        return ATTENTION[method](model, batch_size)
     if method in SALIENCY:
         options = {"samples": smooth_samples, "noise": smooth_noise} if method == "smoothgrad" else {}
         return SALIENCY[method](model, batch_size, **options)
     if fast and method in FAST:
         return FAST[method](model, target_layer, batch_size)
     return LibraryCAM(model, method, target_layer, batch_size)
+
+
+def canvas_method(model: nn.Module, method: str = "gradcam++", target_layer: str | None = None):
+    """The batched method whose raw maps ``raw(images, targets) -> (logits, maps)`` the
+    whole-slide canvas stitches (one of :data:`CANVAS_METHODS`)."""
+    check_canvas_method(method)
+    return ATTENTION[method](model) if method in ATTENTION else FAST[method](model, target_layer)

@@ -1,7 +1,9 @@
-"""The one pass: per batch of patches, each model's tumor probability and raw Grad-CAM++ map.
+"""The one pass: per batch of patches, each model's tumor probability and raw Grad-CAM++ map
+(or the map of another canvas method: ``infer.cam.method``).
 
 A forward pass through the model, then a backward pass through the head only (the fast
-Grad-CAM++ of :mod:`vistumor.explain.gradcam`): no second pass for the probability. Patches
+Grad-CAM++ of :mod:`vistumor.explain.gradcam`; attention maps need no backward): no second
+pass for the probability. Patches
 arrive as ``uint8`` at the reading level and are resized to the model's input on the
 device. The maps stay raw (not min-max scaled per patch, which would make normal tissue
 as hot as tumor) for the stitcher to weight by probability and blend.
@@ -16,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vistumor.explain.gradcam import FastGradCAMPlusPlus
+from vistumor.explain.methods import canvas_method, check_canvas_method
 from vistumor.labels import TUMOR
 from vistumor.model.classifier import is_segmenter
 from vistumor.wsi.annotations import TumorAnnotation
@@ -30,23 +32,25 @@ class Scorer(Protocol):
 
 
 class ModelScorer:
-    """A trained classifier with its fast Grad-CAM++.
+    """A trained classifier with its fast Grad-CAM++ (or another canvas method).
 
     Args:
         precision: ``auto`` (bf16 autocast on a bf16-capable CUDA device, else fp32),
             ``bf16`` or ``32``.
+        method: the canvas's map (:data:`vistumor.explain.methods.CANVAS_METHODS`).
     """
 
     def __init__(self, model, device: torch.device, target_layer: str | None = None,
-                 precision: str = "auto", cams: bool = True):
+                 precision: str = "auto", cams: bool = True, method: str = "gradcam++"):
         self.model = model.to(device).eval()
         for p in self.model.parameters():  # the scorer owns the model: set once, not per batch
             p.requires_grad_(False)
         self.device = device
         self.size = model.input_size
-        #: a segmentation model's maps are its predicted masks, else Grad-CAM++
-        self.kind = "mask" if is_segmenter(model) else "gradcam++"
-        self.cam = FastGradCAMPlusPlus(self.model, target_layer) if cams and self.kind != "mask" else None
+        #: a segmentation model's maps are its predicted masks, else the canvas method's
+        self.kind = "mask" if is_segmenter(model) else "cam"
+        self.method = "mask" if self.kind == "mask" else check_canvas_method(method)
+        self.cam = canvas_method(self.model, method, target_layer) if cams and self.kind != "mask" else None
         self.maps = cams
         bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
         self.bf16 = precision == "bf16" or (precision == "auto" and bf16)

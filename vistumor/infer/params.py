@@ -35,12 +35,14 @@ class ReadSettings:
 @dataclass(frozen=True)
 class CamSettings:
     """px_per_cell: canvas px per CAM cell; normalize: ``slide`` (each slide's maximum),
-    ``run`` (one scale for every slide of the run) or ``none`` (raw values)."""
+    ``run`` (one scale for every slide of the run) or ``none`` (raw values); method: the
+    canvas's map (``gradcam++``, ``gradcam``, ``attention``, ``rollout``)."""
 
     enabled: bool = True
     target_layer: str | None = None
     px_per_cell: int = 4
     normalize: str = "slide"
+    method: str = "gradcam++"
 
 
 LESION_SOURCES = ("heatmap", "mask")

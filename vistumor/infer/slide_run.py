@@ -128,7 +128,8 @@ def one_pass(item: SlideInput, grid: SlideGrid, group: list[ModelRun], params: I
                     if canvases[m.name] is None:
                         mask = m.kind == "mask"  # a mask: as fine already
                         canvases[m.name] = CamCanvas(grid, cams.shape[-1], 1 if mask else params.cam.px_per_cell,
-                                                     m.path("cams", item.slide_id, ".npy"), weighted=not mask)
+                                                     m.path("cams", item.slide_id, ".npy"), weighted=not mask,
+                                                     method=getattr(m.scorer, "method", "gradcam++"))
                     canvases[m.name].add(indices, prob, cams)
     except BaseException:
         for canvas in canvases.values():

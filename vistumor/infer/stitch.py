@@ -1,5 +1,6 @@
-"""The stitched Grad-CAM++ heatmap: raw patch maps, weighted by tumor probability, blended
-with a tapered window into a slide canvas at sub-patch resolution, on disk.
+"""The stitched Grad-CAM++ heatmap (or another ``infer.cam.method``'s): raw patch maps,
+weighted by tumor probability, blended with a tapered window into a slide canvas at
+sub-patch resolution, on disk.
 
 Not pytorch-grad-cam's per-patch min-max scaling: that stretches every patch's map to
 ``[0, 1]``, so a normal patch's faint attention looks as hot as a tumor's. Raw maps (one
@@ -48,8 +49,10 @@ class CamCanvas:
             (``.<name>.*.tmp`` beside it), which a rerun after ``kill -9`` removes.
     """
 
-    def __init__(self, grid: SlideGrid, cam_cells: int, px_per_cell: int, path: Path, weighted: bool = True):
+    def __init__(self, grid: SlideGrid, cam_cells: int, px_per_cell: int, path: Path, weighted: bool = True,
+                 method: str = "gradcam++"):
         self.grid, self.cells, self.px, self.weighted = grid, cam_cells, px_per_cell, weighted
+        self.method = method  # the explanation method of the maps (recorded in the sidecar)
         self.size = cam_cells * px_per_cell  # output px per patch
         self.out_px0 = grid.size0 / self.size  # level-0 px per output px
         self.shape = (math.ceil(grid.height0 / self.out_px0), math.ceil(grid.width0 / self.out_px0))
@@ -104,8 +107,8 @@ class CamCanvas:
         meta = {**sidecar, "shape": list(self.shape), "cell_size_px": self.out_px0,
                 "cell_size_um": self.out_px0 * self.grid.mpp if self.grid.mpp else None,
                 "origin_level0": [0, 0], "cam_cells": self.cells, "px_per_cam_cell": self.px,
-                "scale": peak if self.weighted else 1.0,
-                "value": ("probability-weighted raw Grad-CAM++, blended (Hann window)" if self.weighted
+                "scale": peak if self.weighted else 1.0, "method": self.method,
+                "value": (f"probability-weighted raw {self.method} map, blended (Hann window)" if self.weighted
                           else "predicted tumor probability per pixel (segmentation), blended (Hann window)")}
         write_json(path.with_suffix(".json"), meta)
         return meta

@@ -85,7 +85,7 @@ def load_models(paths: list[str], device, out: Path, params: InferParams) -> lis
     loaded = [load_classifier(p, device) for p in paths]
     names = [n.replace("#", "-") for n in unique_names([m.hparams.backbone for m in loaded])]
     return [ModelRun(name, ModelScorer(model, device, params.cam.target_layer, params.precision,
-                                       cams=params.cam.enabled),
+                                       cams=params.cam.enabled, method=params.cam.method),
                      model.checkpoint_path, tiling_of(model), model.input_size, out / "models" / name,
                      model.hparams.get("manifest_path"))
             for name, model in zip(names, loaded, strict=True)]
