@@ -27,6 +27,7 @@ from torch import nn
 from vistumor.errors import ConfigError
 from vistumor.model import backbones
 from vistumor.model.classifier import PatchClassifier
+from vistumor.model.kinds import ModelKind
 from vistumor.model.metrics import key
 
 _EPS = 1e-6
@@ -40,11 +41,12 @@ class PatchSegmenter(PatchClassifier):
         tumor_fraction: the patch probability is the mean of its top ``tumor_fraction``
             pixel probabilities (the tiling's tumor label threshold, 5 %).
         dice_weight: weight of the soft Dice term beside the pixel BCE.
+        trunk, pooling: a patch classifier's foundation-model card and pooling; must be None.
         (the rest as :class:`~vistumor.model.classifier.PatchClassifier`; ``freeze=trunk``
         freezes the encoder, an int N trains its last N stages too, ``none`` everything.)
     """
 
-    needs_masks = True
+    kind = ModelKind.SEGMENTER
 
     def __init__(
         self, backbone: str = "tf_efficientnet_lite0", pretrained: bool = True, weights_path: str | None = None,
@@ -53,8 +55,11 @@ class PatchSegmenter(PatchClassifier):
         label_smoothing: float = 0.0, channels_last: bool = True, image_size: int | None = None,
         weights_fallback: str = "error", manifest_path: str | None = None, tiling: dict | None = None,
         decoder_channels: Sequence[int] = (128, 64, 32, 16, 16), tumor_fraction: float = 0.05,
-        dice_weight: float = 1.0,
+        dice_weight: float = 1.0, trunk: dict | None = None, pooling: str | None = None,
     ):
+        if trunk or pooling:  # recorded as None by every segmenter checkpoint: a U-Net has no card nor pooling
+            raise ConfigError("a segmentation model takes a timm CNN trunk by name: drop model.trunk and "
+                              "model.pooling (foundation models are patch classifiers)")
         super().__init__(backbone, pretrained, weights_path, freeze, num_classes, drop_rate, optimizer, scheduler,
                          threshold, label_smoothing, channels_last, image_size, weights_fallback, manifest_path,
                          tiling)  # (Lightning's save_hyperparameters collects this class's arguments too)

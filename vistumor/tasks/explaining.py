@@ -63,14 +63,14 @@ def explain(cfg: DictConfig) -> dict[str, Any]:
     score_method = next((m for m in methods if m in CAM_METHODS), methods[0])
     maps, tables, summary = {}, [], {"models": {}, "methods": methods, "split": cfg.select.split,
                                      "candidates": len(patches.labels), "shown": len(shown)}
-    for name, model in zip(names, models, strict=True):
+    for name, model, path in zip(names, models, checkpoint_paths(cfg), strict=True):
         # a segmentation model is judged (and shown) by its own mask where the others use a CAM
         own = list(dict.fromkeys(localization_method(model, m) if m in CAM_METHODS else m for m in methods))
         own_score = localization_method(model, score_method)
         maps[name], cams = explanation_maps(cfg, model, patches, shown, own, own_score)
         table = score(cfg, name, patches, probs[name], threshold, cams, model.input_size)
         tables.append(table)
-        summary["models"][name] = report.model_summary(model.checkpoint_path, model.input_size, table,
+        summary["models"][name] = report.model_summary(str(Path(path)), model.input_size, table,
                                                        own_score)
         if cfg.sanity_check:
             images = patches.pixels[model.input_size][0][shown]

@@ -86,21 +86,21 @@ def load_models(paths: list[str], device, out: Path, params: InferParams) -> lis
     names = [n.replace("#", "-") for n in unique_names([m.hparams.backbone for m in loaded])]
     return [ModelRun(name, ModelScorer(model, device, params.cam.target_layer, params.precision,
                                        cams=params.cam.enabled, method=params.cam.method),
-                     model.checkpoint_path, tiling_of(model), model.input_size, out / "models" / name,
+                     str(Path(path)), tiling_of(model, path), model.input_size, out / "models" / name,
                      model.hparams.get("manifest_path"))
-            for name, model in zip(names, loaded, strict=True)]
+            for name, model, path in zip(names, loaded, paths, strict=True)]
 
 
-def tiling_of(model) -> dict:
+def tiling_of(model, path: str | Path | None = None) -> dict:
     """The patch geometry a checkpoint was trained at: recorded in it, else in its manifest."""
     tiling = model.hparams.get("tiling")
     if tiling:
         return dict(tiling)
-    path = model.hparams.get("manifest_path")
-    if path and Path(path).is_file():
-        return dict(read_meta(path)["tiling"])
+    manifest = model.hparams.get("manifest_path")
+    if manifest and Path(manifest).is_file():
+        return dict(read_meta(manifest)["tiling"])
     raise ConfigError("checkpoint records no tiling (patch size, level, tissue mask) and its manifest "
-                      f"is not at hand ({path}); train it from a manifest", model.checkpoint_path)
+                      f"is not at hand ({manifest}); train it from a manifest", path)
 
 
 def slide_inputs(cfg: DictConfig, models: list[ModelRun]) -> list[inputs.SlideInput]:

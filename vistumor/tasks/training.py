@@ -25,6 +25,7 @@ from vistumor.labels import confusion_counts, predict
 from vistumor.model import devices, metrics
 from vistumor.model.checkpoints import check_compatible
 from vistumor.model.classifier import PatchClassifier, is_segmenter
+from vistumor.model.kinds import model_kind
 from vistumor.model.metrics import key
 from vistumor.runs import figures, tracking
 from vistumor.runs.callbacks import Throughput
@@ -154,8 +155,8 @@ def train(
         logger.log_hyperparams({**plain(_without_hydra(cfg)), "params_trainable": trainable,
                                 "params_total": total})
     log.info("%s: %s trainable of %s parameters", cfg.model.backbone, f"{trainable:,}", f"{total:,}")
-    result: dict[str, Any] = {"model": cfg.model.backbone, "kind": model_kind(model), "weights": model.weights_source,
-                              "params_trainable": trainable,
+    result: dict[str, Any] = {"model": cfg.model.backbone, "kind": model_kind(model).value,
+                              "weights": model.weights_source, "params_trainable": trainable,
                               "params_total": total, "run_dir": str(cfg.paths.output_dir)}
     try:
         result.update(fit_and_test(cfg, trainer, model, dm))
@@ -171,11 +172,6 @@ def train(
     if trainer.is_global_zero:
         write_json(Path(cfg.paths.output_dir) / "metrics.json", result)
     return result
-
-
-def model_kind(model: PatchClassifier) -> str:
-    """``classifier`` (localised by Grad-CAM++) or ``segmenter`` (by its own mask)."""
-    return "segmenter" if is_segmenter(model) else "classifier"
 
 
 def fit_and_test(cfg: DictConfig, trainer: L.Trainer, model: PatchClassifier, dm: PatchDataModule) -> dict:
