@@ -111,6 +111,11 @@ class AttentionRollout(AttentionMap):
         return self.layers
 
     def combine(self, total: torch.Tensor | None, attn: torch.Tensor) -> torch.Tensor:
-        attn = attn + torch.eye(attn.shape[-1], device=attn.device, dtype=attn.dtype)
-        attn = attn / attn.sum(dim=-1, keepdim=True)
-        return attn if total is None else attn @ total
+        return rollout_step(total, attn)
+
+
+def rollout_step(total: torch.Tensor | None, attn: torch.Tensor) -> torch.Tensor:
+    """One layer of attention rollout: ``(A + I) / rowsum`` times the rollout so far."""
+    attn = attn + torch.eye(attn.shape[-1], device=attn.device, dtype=attn.dtype)
+    attn = attn / attn.sum(dim=-1, keepdim=True)
+    return attn if total is None else attn @ total
