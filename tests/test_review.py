@@ -68,7 +68,19 @@ def a_review(app: ViewerApp, **changes) -> dict:
             "lesions": {first: "confirmed", second: "rejected"}, "drawn": [{"points": DRAWN}], **changes}
 
 
+def saved_version(app: ViewerApp, target: str = TARGET) -> int:
+    """The version a page that just loaded ``target`` would base its save on (0: none saved)."""
+    try:
+        answer = json.loads(app.handle(target).body)
+        return answer["review"].get("version", 1) if answer.get("saved") else 0
+    except (ValueError, KeyError, AttributeError):
+        return 0
+
+
 def post(app: ViewerApp, body: dict | bytes, target: str = TARGET, **headers: str):
+    """POST ``body``; a dict without ``based_on`` is based on the saved version."""
+    if isinstance(body, dict) and "based_on" not in body:
+        body = {**body, "based_on": saved_version(app, target)}
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     headers = {**ORIGIN, "Content-Type": "application/json", "Content-Length": str(len(data)), **headers}
     return app.post(target, headers, io.BytesIO(data))
@@ -175,17 +187,24 @@ MALFORMED = {
     "not JSON": (b"{not json", "not JSON"),
     "not UTF-8": (b'{"reviewer": "\xff"}', "not UTF-8"),
     "a list": (b"[]", "JSON object, not list"),
-    "NaN": (b'{"reviewer": "R", "drawn": [{"points": [[NaN, 1], [2, 3], [4, 5]]}]}', "NaN is not a number"),
-    "Infinity": (b'{"reviewer": "R", "drawn": [{"points": [[1e999, 1], [2, 3], [4, 5]]}]}', "is not finite"),
-    "unknown field": ({"reviewer": "R", "status": "ok"}, "unknown field(s) ['status']"),
-    "no reviewer": ({"comment": "x"}, "reviewer's name is required"),
-    "blank reviewer": ({"reviewer": "   "}, "reviewer's name is required"),
-    "long reviewer": ({"reviewer": "R" * 101}, "at most 100 characters"),
-    "long comment": ({"reviewer": "R", "comment": "c" * 2001}, "2001 characters; at most 2000"),
-    "comment not text": ({"reviewer": "R", "comment": 3}, "comment must be text"),
+    "NaN": (b'{"reviewer": "R", "based_on": 0, "drawn": [{"points": [[NaN, 1], [2, 3], [4, 5]]}]}',
+            "NaN is not a number"),
+    "Infinity": (b'{"reviewer": "R", "based_on": 0, "drawn": [{"points": [[1e999, 1], [2, 3], [4, 5]]}]}',
+                 "drawn[0].points[0][0]: Input should be a finite number (got inf)"),
+    "unknown field": ({"reviewer": "R", "status": "ok"}, "unknown field 'status'; a review has ['reviewer', "),
+    "no reviewer": ({"comment": "x"}, "reviewer is required"),
+    "no version": (b'{"reviewer": "R"}', "based_on is required (the saved version this review changes; 0 for"),
+    "negative version": ({"reviewer": "R", "based_on": -1}, "based_on: Input should be greater than or equal to 0"),
+    "blank reviewer": ({"reviewer": "   "}, "reviewer: String should have at least 1 character"),
+    "control reviewer": ({"reviewer": "R\x07"}, "reviewer: holds control characters (got 'R\\x07')"),
+    "long reviewer": ({"reviewer": "R" * 101}, "reviewer: String should have at most 100 characters"),
+    "long comment": ({"reviewer": "R", "comment": "c" * 2001}, "comment: String should have at most 2000 characters"),
+    "comment not text": ({"reviewer": "R", "comment": 3}, "comment: Input should be a valid string (got 3)"),
     "unknown lesion": ({"reviewer": "R", "lesions": {"tumor_001-lesion-9": "confirmed"}},
                        "unknown lesion id 'tumor_001-lesion-9'"),
-    "bad status": ({"reviewer": "R", "lesions": {"tumor_001-lesion-1": "maybe"}}, "status 'maybe' is not one of"),
+    "bad status": ({"reviewer": "R", "lesions": {"tumor_001-lesion-1": "maybe"}},
+                   "lesions['tumor_001-lesion-1']: Input should be 'confirmed', 'rejected' or 'unreviewed' "
+                   "(got 'maybe')"),
     "two vertices": ({"reviewer": "R", "drawn": [{"points": DRAWN[:2]}]}, "has 2 vertices; a polygon needs at least 3"),
     "closed triangle of two": ({"reviewer": "R", "drawn": [{"points": [*DRAWN[:2], DRAWN[0]]}]}, "has 2 vertices"),
     "outside": ({"reviewer": "R", "drawn": [{"points": [*DRAWN[:3], [WIDTH + 1, 560]]}]}, "lies outside the slide"),
@@ -193,17 +212,23 @@ MALFORMED = {
     "below": ({"reviewer": "R", "drawn": [{"points": [[1, 10], [30, HEIGHT + 0.5], [30, 40]]}]}, "outside the slide"),
     "on a line": ({"reviewer": "R", "drawn": [{"points": [[10, 10], [20, 20], [30, 30]]}]}, "has no area"),
     "crossing": ({"reviewer": "R", "drawn": [{"points": BOW_TIE}]}, "drawn lesion 1 crosses itself"),
-    "text vertex": ({"reviewer": "R", "drawn": [{"points": [["1", 2], [3, 4], [5, 6]]}]}, "a vertex must be [x, y]"),
-    "bool vertex": ({"reviewer": "R", "drawn": [{"points": [[True, 2], [3, 4], [5, 6]]}]}, "a vertex must be"),
-    "three numbers": ({"reviewer": "R", "drawn": [{"points": [[1, 2, 3], [3, 4], [5, 6]]}]}, "a vertex must be"),
+    "text vertex": ({"reviewer": "R", "drawn": [{"points": [[1, 2], ["1", 2], [5, 6]]}]},
+                    "drawn[0].points[1][0]: Input should be a valid number (got '1')"),
+    "bool vertex": ({"reviewer": "R", "drawn": [{"points": [[True, 2], [3, 4], [5, 6]]}]},
+                    "drawn[0].points[0][0]: Input should be a valid number (got True)"),
+    "three numbers": ({"reviewer": "R", "drawn": [{"points": [[1, 2, 3], [3, 4], [5, 6]]}]},
+                      "drawn[0].points[0]: List should have at most 2 items, not 3 (got [1, 2, 3])"),
     "second polygon": ({"reviewer": "R", "drawn": [{"points": DRAWN}, {"points": []}]}, "drawn lesion 2 has 0"),
-    "drawn not a list": ({"reviewer": "R", "drawn": {"points": DRAWN}}, "'drawn' must be a list"),
-    "extra key": ({"reviewer": "R", "drawn": [{"points": DRAWN, "colour": "red"}]}, "must be {\"points\""),
-    "lesions not a map": ({"reviewer": "R", "lesions": ["tumor_001-lesion-1"]}, "'lesions' must map lesion ids"),
-    "5,000-digit integer": (b'{"reviewer": "R", "drawn": [{"points": [[' + b"1" * 5000 + b', 1], [2, 3], [4, 5]]}]}',
+    "drawn not a list": ({"reviewer": "R", "drawn": {"points": DRAWN}}, "drawn: Input should be a valid list"),
+    "extra key": ({"reviewer": "R", "drawn": [{"points": DRAWN, "colour": "red"}]},
+                  "unknown field 'drawn[0].colour'; a drawn lesion has ['points']"),
+    "lesions not a map": ({"reviewer": "R", "lesions": ["tumor_001-lesion-1"]},
+                          "lesions: Input should be a valid dictionary"),
+    "5,000-digit integer": (b'{"reviewer": "R", "based_on": 0, "drawn": [{"points": [[' + b"1" * 5000
+                            + b', 1], [2, 3], [4, 5]]}]}',
                             "has 5000 digits; a coordinate has at most 20"),
     "too many polygons": ({"reviewer": "R", "drawn": [{"points": DRAWN}] * (MAX_DRAWN + 1)},
-                          f"'drawn' holds {MAX_DRAWN + 1} polygons; a review holds at most {MAX_DRAWN}"),
+                          f"drawn: List should have at most {MAX_DRAWN} items, not {MAX_DRAWN + 1}"),
 }
 
 
@@ -329,6 +354,53 @@ def test_a_failure_before_writing_keeps_the_earlier_review(app, monkeypatch):
     assert snapshot(app) == before
 
 
+# -- concurrent reviews -------------------------------------------------------------------------
+
+
+def test_a_save_based_on_an_older_version_is_409_and_writes_nothing(app):
+    """Two pages load the unsaved review (version 0). The first saves version 1; the second,
+    also based on 0, is refused with 409 naming who saved and when, and nothing of it is
+    written; based on version 1 it saves version 2."""
+    first = post(app, a_review(app, based_on=0))
+    assert first.status == 200 and json.loads(first.body)["review"]["version"] == 1
+    before = snapshot(app)
+    second = post(app, a_review(app, reviewer="B. Colleague", comment="another opinion", based_on=0))
+    text = second.body.decode()
+    assert second.status == 409 and text.startswith("409 ") and text.count("\n") == 1, text
+    assert "you changed version 0, the saved one is version 1 by A. Pathologist at 20" in text
+    assert "reload the page" in text and second.headers["Connection"] == "close"
+    assert snapshot(app) == before
+    third = post(app, a_review(app, reviewer="B. Colleague", based_on=1))
+    assert third.status == 200 and json.loads(third.body)["review"]["version"] == 2
+    assert json.loads(app.handle(TARGET).body)["review"]["version"] == 2
+    assert post(app, a_review(app, based_on=7)).status == 409  # a version never saved
+
+
+def test_of_simultaneous_saves_from_one_version_exactly_one_is_written(app):
+    statuses = []
+
+    def save(k: int) -> None:
+        statuses.append(post(app, a_review(app, reviewer=f"R{k}", based_on=0)).status)
+
+    threads = [threading.Thread(target=save, args=(k,)) for k in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sorted(statuses) == [200] + [409] * 7
+    assert json.loads(app.handle(TARGET).body)["review"]["version"] == 1
+
+
+def test_a_review_saved_before_versions_is_version_1(app):
+    assert post(app, a_review(app)).status == 200
+    path = review_files(app)["review"]
+    record = json.loads(path.read_text())
+    del record["version"]
+    path.write_text(json.dumps(record))
+    assert post(app, a_review(app, based_on=0)).status == 409
+    assert json.loads(post(app, a_review(app, based_on=1)).body)["review"]["version"] == 2
+
+
 # -- served back ------------------------------------------------------------------------------
 
 
@@ -356,7 +428,7 @@ def test_the_server_answers_a_save_and_refuses_an_oversized_one_unread(app):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     host, port = server.server_address[:2]
     try:
-        body = json.dumps(a_review(app)).encode()
+        body = json.dumps(a_review(app, based_on=0)).encode()
         connection = http.client.HTTPConnection(host, port, timeout=10)
         connection.request("POST", TARGET, body, {"Content-Type": "application/json",
                                                   "Origin": f"http://{host}:{port}"})

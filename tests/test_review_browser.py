@@ -3,13 +3,15 @@ slide with two predicted lesions the reviewer clicks one and confirms it, clicks
 rejects it, draws a missed lesion by clicking its vertices on the slide (double-click closes
 it), names themself, comments and saves; after a reload the page shows the same statuses,
 polygon, comment and name; then the tiling stage, pointed at the review folder, labels the
-patches under the drawn lesion tumor and under the rejected one normal.
+patches under the drawn lesion tumor and under the rejected one normal. A save over a
+colleague's newer review is refused (409) and the page says why.
 
 Skipped like tests/test_viewer_browser.py without Chromium, its driver or Selenium.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import threading
 import time
@@ -137,3 +139,48 @@ def test_a_review_made_in_the_browser_is_saved_reloaded_and_tiled(served, browse
     summary, tables = tile_with_reviews(run, tmp_path / "tiling", {"tumor_001": "tumor"})
     assert summary["done"] == 1
     assert_reviewed_labels(run, tables["tumor_001"], Polygon(after["drawn"][0]).buffer(-2 * VERTEX_PX))
+
+
+def colleague_saves(base: str, comment: str) -> int:
+    """Another page saves the review (based on the saved version, over HTTP); its version."""
+    host = base.split("//")[1].rstrip("/")
+    connection = http.client.HTTPConnection(host, timeout=10)
+    connection.request("GET", "/api/review/oracle/tumor_001")
+    saved = json.loads(connection.getresponse().read())
+    version = saved["review"]["version"] if saved["saved"] else 0
+    body = json.dumps({"reviewer": "B. Colleague", "comment": comment, "based_on": version})
+    connection.request("POST", "/api/review/oracle/tumor_001", body,
+                       {"Content-Type": "application/json", "Origin": base.rstrip("/")})
+    answer = connection.getresponse()
+    assert answer.status == 200, answer.read()
+    version = json.loads(answer.read())["review"]["version"]
+    connection.close()
+    return version
+
+
+def test_a_save_over_a_colleagues_newer_review_shows_the_409_reason(served, browser):
+    """The page loads the review; a colleague saves meanwhile; the page's save is refused and
+    says why; reloaded, the page shows the colleague's review and saves on top of it."""
+    base, run = served
+    browser.get(base + "view/tumor_001#model=oracle")
+    wait_loaded(browser)
+    version = colleague_saves(base, "saved meanwhile")
+    name = browser.find_element(By.ID, "reviewer")
+    name.clear()
+    name.send_keys(REVIEWER)
+    browser.find_element(By.ID, "comment").send_keys(" and more")
+    browser.find_element(By.ID, "save-review").click()
+    state = wait_for(browser, "const s = document.getElementById('review-state').textContent;"
+                              "return s.startsWith('not saved') && s;")
+    assert f"the saved one is version {version} by B. Colleague" in state and "reload the page" in state, state
+    saved = run / "reviews" / "oracle" / "tumor_001.review.json"
+    assert json.loads(saved.read_text())["comment"] == "saved meanwhile"
+
+    browser.refresh()
+    wait_loaded(browser)
+    assert browser.execute_script(STATE)["comment"] == "saved meanwhile"
+    browser.find_element(By.ID, "comment").send_keys(", confirmed")
+    browser.find_element(By.ID, "save-review").click()
+    wait_for(browser, "return window.vistumorApp.saved")
+    record = json.loads(saved.read_text())
+    assert (record["version"], record["comment"]) == (version + 1, "saved meanwhile, confirmed")

@@ -5,12 +5,19 @@ A review arrives as JSON (``POST /api/review/<model>/<slide>``)::
 
     {"reviewer": "A. Pathologist", "comment": "one missed focus",
      "lesions": {"tumor_001-lesion-1": "confirmed", "tumor_001-lesion-2": "rejected"},
-     "drawn": [{"points": [[x, y], [x, y], [x, y], ...]}]}
+     "drawn": [{"points": [[x, y], [x, y], [x, y], ...]}],
+     "based_on": 0}
 
-and is refused with one line (:class:`ReviewError`, HTTP 400) unless every field is known,
-the reviewer is named, the comment is short, every lesion id is one of the slide's
-predicted lesions, every status is one of :data:`STATUSES`, and every drawn polygon has at
-least 3 finite vertices inside the slide's level-0 bounds, an area, and does not cross itself.
+and is refused with one line (:class:`ReviewError`, HTTP 400) unless it fits the declared
+schema (:class:`ReviewBody`: every field known, the reviewer named, the comment short,
+statuses from :data:`STATUSES`, at most :data:`MAX_DRAWN` polygons of finite ``[x, y]``
+vertices; the reason names the field and the value), every lesion id is one of the slide's
+predicted lesions, and every drawn polygon has at least 3 vertices inside the slide's
+level-0 bounds, an area, and does not cross itself.
+
+Each save is the next ``version`` of the slide's review. ``based_on`` is the version the page
+loaded (0: none was saved): a save based on another version than the saved one is refused
+(:class:`ReviewConflict`, HTTP 409) instead of silently replacing a colleague's review.
 
 A saved review is three files under ``RUN/reviews/<model>/``, written to temporaries first
 and moved into place only when all three are written (a failure leaves the earlier ones):
@@ -22,7 +29,7 @@ and moved into place only when all three are written (a failure leaves the earli
   (``predicted``/``drawn``), ``lesion_id``, the original ``tumor_probability``,
   ``reviewer``, ``reviewed_at`` (ISO 8601, UTC);
 * ``<slide>.review.json``: the review itself (every lesion's status, the drawn polygons,
-  comment, reviewer, time, the lesions file's checksum), what the viewer loads back. Not
+  comment, reviewer, time, the lesions file's checksum, version), what the viewer loads back. Not
   ``<slide>.json``: the tiling catalog would take that name for an annotation file.
 """
 
@@ -30,15 +37,15 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import shapely
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 from shapely.geometry import Polygon
 
 from vistumor.errors import VisTumorError
@@ -59,7 +66,6 @@ MAX_DRAWN = 1000
 MAX_DIGITS = 20
 CONFIRMED, REJECTED, UNREVIEWED = "confirmed", "rejected", "unreviewed"
 STATUSES = (CONFIRMED, REJECTED, UNREVIEWED)
-FIELDS = ("reviewer", "comment", "lesions", "drawn")
 #: the files of a saved review, by kind
 SUFFIXES = {"geojson": ".geojson", "xml": ".xml", "review": ".review.json"}
 
@@ -68,38 +74,84 @@ class ReviewError(ValueError):
     """A review the server refuses (HTTP 400); the message is one line."""
 
 
+class ReviewConflict(Exception):
+    """A save based on a version of the review that is no longer the saved one (HTTP 409)."""
+
+
 @dataclass(frozen=True)
 class Review:
-    """A checked review: every predicted lesion's status (in the lesions' order) and the
-    drawn polygons' vertices in level-0 px (not closed)."""
+    """A checked review: every predicted lesion's status (in the lesions' order), the drawn
+    polygons' vertices in level-0 px (not closed) and the saved version it changes."""
 
     reviewer: str
     comment: str
     statuses: dict[str, str]
     drawn: list[list[tuple[float, float]]]
+    based_on: int = 0
 
 
 # -- checking -----------------------------------------------------------------------------------
 
 
+def _printable(text: str) -> str:
+    if not all(c.isprintable() or c in "\n\r\t" for c in text):
+        raise ValueError("holds control characters")
+    return text
+
+
+class _Schema(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+class DrawnBody(_Schema):
+    """A drawn lesion: ``{"points": [[x, y], ...]}`` in level-0 px."""
+
+    points: list[Annotated[list[float], Field(min_length=2, max_length=2)]]
+
+
+class ReviewBody(_Schema):
+    """A review as sent; ``based_on``: the saved version it changes (0: none was saved)."""
+
+    reviewer: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_REVIEWER),
+                        AfterValidator(_printable)]
+    comment: Annotated[str, Field(max_length=MAX_COMMENT), AfterValidator(_printable)] = ""
+    lesions: dict[str, Literal[CONFIRMED, REJECTED, UNREVIEWED]] = {}
+    drawn: Annotated[list[DrawnBody], Field(max_length=MAX_DRAWN)] = []
+    based_on: Annotated[int, Field(ge=0)]
+
+
 def parse_review(body: bytes, lesion_ids: Sequence[str], dimensions: tuple[int, int]) -> Review:
     """The review in ``body`` for a slide of level-0 ``dimensions`` whose predicted lesions
-    are ``lesion_ids``; :class:`ReviewError` naming the first thing wrong."""
-    data = _json_object(body)
-    unknown = sorted(set(data) - set(FIELDS))
-    if unknown:
-        raise ReviewError(f"unknown field(s) {unknown}; a review has {list(FIELDS)}")
-    drawn = data.get("drawn", [])
-    if not isinstance(drawn, list):
-        raise ReviewError("'drawn' must be a list of {\"points\": [[x, y], ...]}")
-    if len(drawn) > MAX_DRAWN:
-        raise ReviewError(f"'drawn' holds {len(drawn)} polygons; a review holds at most {MAX_DRAWN}")
-    return Review(reviewer=_reviewer(data.get("reviewer")), comment=_comment(data.get("comment", "")),
-                  statuses=_statuses(data.get("lesions", {}), lesion_ids),
-                  drawn=[_drawn(item, k, dimensions) for k, item in enumerate(drawn, 1)])
+    are ``lesion_ids``; :class:`ReviewError` naming the first thing wrong (field and value)."""
+    try:
+        sent = ReviewBody.model_validate(_json_object(body))
+    except ValidationError as err:
+        raise ReviewError(schema_reason(err)) from None
+    return Review(sent.reviewer, sent.comment.strip(), _statuses(sent.lesions, lesion_ids),
+                  [_polygon(item.points, k, dimensions) for k, item in enumerate(sent.drawn, 1)], sent.based_on)
 
 
-def _json_object(body: bytes) -> dict[str, Any]:
+def schema_reason(err: ValidationError) -> str:
+    """The first error of ``err`` in one line: the field's path, what is wrong, the value."""
+    errors = err.errors(include_url=False)
+    first = errors[0]
+    loc = first["loc"]
+    path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" if p.isidentifier() else f"[{p!r}]" for p in loc)
+    path = path.lstrip(".") or "the review"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    if first["type"] == "missing":
+        hint = " (the saved version this review changes; 0 for the first)" if loc == ("based_on",) else ""
+        return f"{path} is required{hint}{more}"
+    if first["type"] == "extra_forbidden":
+        known = list(ReviewBody.model_fields) if len(loc) == 1 else list(DrawnBody.model_fields)
+        return f"unknown field {path!r}; a {'review' if len(loc) == 1 else 'drawn lesion'} has {known}{more}"
+    value = repr(first["input"])
+    value = value if len(value) <= 40 else value[:37] + "..."
+    message = first["msg"].replace(" after validation", "").replace("Value error, ", "")
+    return f"{path}: {message} (got {value}){more}"
+
+
+def _json_object(body: bytes) -> Any:
     def refuse(name: str) -> None:
         raise ReviewError(f"{name} is not a number (JSON has no NaN or Infinity)")
 
@@ -122,56 +174,26 @@ def _json_object(body: bytes) -> dict[str, Any]:
     return data
 
 
-def _reviewer(value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ReviewError("the reviewer's name is required")
-    name = value.strip()
-    if len(name) > MAX_REVIEWER or not name.isprintable():
-        raise ReviewError(f"the reviewer's name must be printable and at most {MAX_REVIEWER} characters")
-    return name
-
-
-def _comment(value: Any) -> str:
-    if not isinstance(value, str):
-        raise ReviewError("the comment must be text")
-    if len(value) > MAX_COMMENT:
-        raise ReviewError(f"the comment has {len(value)} characters; at most {MAX_COMMENT}")
-    if not all(c.isprintable() or c in "\n\r\t" for c in value):
-        raise ReviewError("the comment holds control characters")
-    return value.strip()
-
-
-def _statuses(value: Any, lesion_ids: Sequence[str]) -> dict[str, str]:
-    if not isinstance(value, dict):
-        raise ReviewError("'lesions' must map lesion ids to a status")
+def _statuses(sent: dict[str, str], lesion_ids: Sequence[str]) -> dict[str, str]:
+    """Every predicted lesion's status (unreviewed unless sent); an unknown id is refused."""
     known = set(lesion_ids)
-    for lesion, status in value.items():
+    for lesion in sent:
         if lesion not in known:
             shown = sorted(known)[:5]
             raise ReviewError(f"unknown lesion id {lesion[:80]!r}; this slide's lesions are {shown}"
                               + (f" and {len(known) - 5} more" if len(known) > 5 else ""))
-        if status not in STATUSES:
-            raise ReviewError(f"lesion {lesion!r}: status {str(status)[:40]!r} is not one of {list(STATUSES)}")
-    return {lesion: value.get(lesion, UNREVIEWED) for lesion in lesion_ids}
+    return {lesion: sent.get(lesion, UNREVIEWED) for lesion in lesion_ids}
 
 
-def _drawn(item: Any, k: int, dimensions: tuple[int, int]) -> list[tuple[float, float]]:
-    """Drawn polygon ``k`` (1-based): its vertices, the closing repeat dropped."""
-    if not isinstance(item, dict) or set(item) != {"points"} or not isinstance(item["points"], list):
-        raise ReviewError(f"drawn lesion {k} must be {{\"points\": [[x, y], ...]}}")
+def _polygon(vertices: list[list[float]], k: int, dimensions: tuple[int, int]) -> list[tuple[float, float]]:
+    """Drawn lesion ``k`` (1-based): its vertices inside the slide, the closing repeat dropped,
+    a polygon with an area that does not cross itself."""
     width, height = dimensions
-    points = []
-    for vertex in item["points"]:
-        if (not isinstance(vertex, list) or len(vertex) != 2
-                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vertex)):
-            raise ReviewError(f"drawn lesion {k}: a vertex must be [x, y] in level-0 px, got {str(vertex)[:40]}")
-        x, y = float(vertex[0]), float(vertex[1])
-        if not (math.isfinite(x) and math.isfinite(y)):
-            raise ReviewError(f"drawn lesion {k}: vertex ({x}, {y}) is not finite")
+    points = [(x, y) for x, y in vertices]
+    for x, y in points:
         if not (0 <= x <= width and 0 <= y <= height):
             raise ReviewError(f"drawn lesion {k}: vertex ({x:.1f}, {y:.1f}) lies outside the slide "
                               f"({width} x {height} px at level 0)")
-        points.append((x, y))
     if len(points) > 1 and points[0] == points[-1]:
         points.pop()
     if len(points) < 3:
@@ -273,21 +295,19 @@ class ReviewStore:
         return paths
 
     def load(self, model: str, slide: str) -> dict[str, Any]:
-        """``{"saved": false}``, or the saved review and whether the lesions changed since (``stale``)."""
-        path = self.paths(model, slide)["review"]
-        if not path.is_file():
+        """``{"saved": false}``, or the saved review (with its ``version``) and whether the
+        lesions changed since (``stale``)."""
+        record = self._saved(self.paths(model, slide)["review"])
+        if record is None:
             return {"saved": False}
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise VisTumorError(f"unreadable review ({err})", path) from err
         return {"saved": True, "review": record,
                 "stale": record.get("lesions_checksum") != self._lesions_checksum(model, slide)}
 
     def save(self, model: str, slide: str, body: bytes, dimensions: tuple[int, int],
              mpp: float | None) -> dict[str, Any]:
-        """Check the review in ``body`` and write its three files; :class:`ReviewError` when
-        it is malformed (nothing written)."""
+        """Check the review in ``body`` and write its three files as the next version;
+        :class:`ReviewError` when it is malformed, :class:`ReviewConflict` when it is based on
+        another version than the saved one (nothing written)."""
         paths = self.paths(model, slide)
         lesions = self.run.lesions(model, slide)
         review = parse_review(body, [str(lesion["id"]) for lesion in lesions], dimensions)
@@ -302,12 +322,43 @@ class ReviewStore:
             "lesions_checksum": self._lesions_checksum(model, slide),
         }
         texts = {"geojson": json.dumps(review_geojson(found), indent=2, sort_keys=True) + "\n",
-                 "xml": review_xml(found), "review": json.dumps(record, indent=2) + "\n"}
-        with self._lock, contextlib.ExitStack() as stack:
+                 "xml": review_xml(found)}
+        with self._lock, contextlib.ExitStack() as stack:  # checked and written by one save at a time
+            record["version"] = self._next_version(paths["review"], review.based_on)
+            texts["review"] = json.dumps(record, indent=2) + "\n"
             for kind, path in paths.items():  # every file written before any is moved into place
                 stack.enter_context(atomic_path(path)).write_text(texts[kind], encoding="utf-8")
         return {"saved": True, "review": record, "stale": False,
                 "files": [p.relative_to(self.run.root).as_posix() for p in paths.values()]}
+
+    def _next_version(self, path: Path, based_on: int) -> int:
+        """The version a save based on ``based_on`` writes; :class:`ReviewConflict` unless
+        that is the saved one (0: none; a review saved before versions were kept is 1)."""
+        saved = self._saved(path, unreadable_ok=True)
+        version = saved.get("version") if saved is not None else 0
+        current = version if isinstance(version, int) and not isinstance(version, bool) else 1
+        if based_on != current:
+            by = f" by {saved.get('reviewer')!s:.100} at {saved.get('reviewed_at')}" if saved else ""
+            raise ReviewConflict(f"this review changed since the page loaded it (you changed version {based_on}, "
+                                 f"the saved one is version {current}{by}); reload the page to see it, "
+                                 "then make your changes again")
+        return current + 1
+
+    @staticmethod
+    def _saved(path: Path, unreadable_ok: bool = False) -> dict[str, Any] | None:
+        """The saved record, None when there is none (or, ``unreadable_ok``, it cannot be read:
+        a new save replaces it)."""
+        if not path.is_file():
+            return None
+        try:
+            record = json.loads(path.read_text())
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+            return record
+        except (OSError, ValueError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            if unreadable_ok:
+                return None
+            raise VisTumorError(f"unreadable review ({err})", path) from err
 
     def _lesions_checksum(self, model: str, slide: str) -> str | None:
         try:

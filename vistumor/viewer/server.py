@@ -19,8 +19,9 @@ The one write is a review (``POST /api/review/<model>/<slide>``, :mod:`.review`)
 only (a cross-site form cannot send it without a preflight this server never answers), from
 a page of this server (``Origin``) reached by a loopback name (``Host``: no DNS rebinding),
 at most :data:`~vistumor.viewer.review.MAX_BYTES` by its ``Content-Length``, which is
-checked before the body is read. A refused save is 400 (403 for another origin) with one
-line, and closes the connection (its body may be unread).
+checked before the body is read. A refused save is 400 (403 for another origin, 409 for a
+save based on an older version of the review) with one line, and closes the connection (its
+body may be unread).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from vistumor.errors import VisTumorError
 from vistumor.viewer import pages
 from vistumor.viewer.layers import HeatTiles
 from vistumor.viewer.pool import TIMEOUT, PooledHTTPServer
-from vistumor.viewer.review import MAX_BYTES, ReviewError, ReviewStore
+from vistumor.viewer.review import MAX_BYTES, ReviewConflict, ReviewError, ReviewStore
 from vistumor.viewer.run import NotFound, RunFolder, safe_name
 from vistumor.viewer.tiles import ByteLRU, DziGeometry, SlideTiles
 
@@ -185,6 +186,8 @@ class ViewerApp:
             return not_found(str(err) if isinstance(err, NotFound) else "bad encoding")
         except ReviewError as err:
             return refused(HTTPStatus.BAD_REQUEST, str(err))
+        except ReviewConflict as err:
+            return refused(HTTPStatus.CONFLICT, str(err))
         except Refused as err:
             return refused(HTTPStatus.FORBIDDEN, str(err))
         except TimeoutError:  # the socket's timeout, reading a body that stopped coming

@@ -7,6 +7,9 @@
  * off meanwhile, its zoom buttons and navigator still work); double-click, Enter or "Close
  * polygon" ends it, Backspace removes the last vertex, Esc cancels; a drag adds nothing. One review per model,
  * kept in memory while the page is open; the reviewer's name is kept in localStorage.
+ *
+ * A save sends the version of the review it changes (based_on; 0 when none was saved): when a
+ * colleague saved the review meanwhile, the server answers 409 and the reason is shown.
  */
 window.VistumorReview = (function () {
   "use strict";
@@ -103,6 +106,7 @@ window.VistumorReview = (function () {
         drawn: saved ? saved.drawn.map((d) => d.points) : [],
         comment: saved ? saved.comment : "",
         saved: saved ? { reviewer: saved.reviewer, at: saved.reviewed_at } : null,
+        version: saved ? saved.version || 1 : 0,  // what a save is based on (the server refuses another: 409)
         stale: !!answer.stale,
         dirty: false,
       };
@@ -282,11 +286,11 @@ window.VistumorReview = (function () {
       const statuses = {};
       this.lesions.forEach((lesion, i) => { statuses[String(lesion.id)] = this.status(i); });
       const body = JSON.stringify({ reviewer: reviewer, comment: review.comment, lesions: statuses,
-        drawn: review.drawn.map((points) => ({ points: points })) });
+        drawn: review.drawn.map((points) => ({ points: points })), based_on: review.version });
       $("save-review").disabled = true;
       fetch(this.url(model), { method: "POST", headers: { "Content-Type": "application/json" }, body: body })
         .then((r) => r.text().then((text) => {
-          if (!r.ok) throw new Error(text.trim());
+          if (!r.ok) throw new Error(text.trim().replace(/^\d{3} /, ""));  // the server's one line
           return JSON.parse(text);
         }))
         .then((answer) => {
