@@ -155,6 +155,25 @@ def test_normal_slide_detections_are_all_false_positives_anywhere():
     assert hits.fp_probs.tolist() == [0.5, 0.4] and hits.n_lesions == 0
 
 
+def test_probabilities_outside_zero_one_are_refused_by_slide():
+    """Issue 17.3, arrays handed to the API: -0.5 would sort below the official 0 placeholders."""
+    with pytest.raises(VisTumorError, match=r"slide normal: detection 2 has probability -0.5, outside \[0, 1\]"):
+        slide_hits("normal", detections((0.5, at(1, 1)), (-0.5, at(2, 2))), None)
+    with pytest.raises(VisTumorError, match="probability 1.5"):
+        slide_hits("t", detections((1.5, at(1, 1))), evaluation_mask(two_lesions()))
+
+
+def test_a_tumor_mask_without_region_leaves_the_lesion_task_named():
+    """Issue 17.8 through the API: test_002's mask holds no region; it is not scored in the
+    lesion task (its 0.7 is no false positive), is named in ``unusable``, and stays in the AUC."""
+    masks = {"test_001": evaluation_mask(two_lesions()), "test_002": evaluation_mask(np.zeros((100, 100)))}
+    preds = {"test_001": detections((0.9, at(30, 30))), "test_002": detections((0.7, at(5, 5)))}
+    ev = evaluate(preds, masks, {"test_001": 1, "test_002": 1, "test_003": 0}, n_bootstrap=5)
+    assert ev.unusable == {"test_002": "its evaluation mask holds no tumor region"}
+    assert [h.slide for h in ev.hits] == ["test_001", "test_003"] and ev.n_slides("auc") == 3
+    assert sum(h.false_positives for h in ev.hits) == 0
+
+
 # -- FROC ---------------------------------------------------------------------------------------
 
 

@@ -121,6 +121,17 @@ def test_cli_staging_errors_are_one_line(files, capsys, extra, message):
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
 
 
+def test_a_tumor_slide_whose_annotation_lies_outside_is_left_out_of_the_categories(files, capsys):
+    """Issue 17.8: node_1's annotation lies wholly outside its slide; it leaves the lesion task
+    and the categories (excluded, the reason in the settings) instead of being called negative."""
+    outside = [("lesion", "_0", rectangle(5000, 5000, 5100, 5100))]
+    write_asap_xml(files["annotations"] / "patient_000_node_1.xml", outside)
+    assert main(argv(files, "--lesions", str(files["lesions"]), "--mpp", "1.0")) == 0, capsys.readouterr().err
+    data = json.loads((files["out"] / "staging.json").read_text())
+    assert data["excluded"] == ["patient_000_node_1"] and len(data["slides"]) == 3
+    assert "lies outside the slide" in data["settings"]["unusable_annotations"]["patient_000_node_1"]
+
+
 # -- a whole-slide run --------------------------------------------------------------------------
 
 
