@@ -3,13 +3,18 @@ statistics and embedding rules, hub access, local weights; fp16 feature cache; t
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import types
 
 import httpx2
+import pandas as pd
 import pytest
 import timm
 import torch
-from conftest import CONF
+from conftest import CONF, PROJECT, train_overrides
 from huggingface_hub.errors import GatedRepoError
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
@@ -22,6 +27,7 @@ from vistumor.model.backbones import create_backbone
 from vistumor.model.checkpoints import load_classifier
 from vistumor.model.classifier import PatchClassifier
 from vistumor.model.foundation import ClassMeanPool, Trunk
+from vistumor.runs.compare import collect
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 H_OPTIMUS = ((0.707223, 0.578729, 0.703617), (0.211883, 0.230117, 0.177517))
@@ -275,3 +281,58 @@ def test_feature_cache_options_are_checked():
         FeatureCache(dtype="bfloat8")
     with pytest.raises(ConfigError, match="feature_cache.batch_size must be >= 1"):
         FeatureCache(batch_size=0)
+
+
+# -- the foundation sweep and its table --------------------------------------------------------
+
+SWEPT = ["resnet50", "densenet201", "efficientnet_b7", "uni", "uni2_h", "virchow2", "h_optimus_0",
+         "h_optimus_1", "gigapath"]
+
+
+def test_foundation_sweep_composes_every_model(tmp_path):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=["hparams_search=foundation"], return_hydra_config=True)
+        assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
+        assert str(cfg.hydra.sweeper.params.model).split(",") == SWEPT
+        assert cfg.slides == "test" and cfg.callbacks.feature_cache.dtype == "float16"
+        assert "cam" in cfg.callbacks
+        assert cfg.hydra.callbacks.compare._target_ == "vistumor.runs.compare.CompareCallback"
+        for model in SWEPT:
+            node = compose("train", overrides=["hparams_search=foundation", f"model={model}"]).model
+            assert node.backbone == model and node.freeze == "trunk" and node.image_size == 224
+            assert (node.trunk is not None) == (model in PUBLISHED)
+
+
+def test_table_picks_up_every_methods_localization(tmp_path):
+    runs = {"0": {"model": "uni", "weights": "random (hub unavailable)", "test/auroc": 0.8, "test/cam_pointing": 0.5,
+                  "test/attention_pointing": 0.75, "test/attention_iou": 0.25, "test/rollout_pointing": 0.5,
+                  "params_trainable": 2050, "params_total": 303_352_834},
+            "1": {"model": "resnet50", "weights": "imagenet (timm hub)", "test/auroc": 0.9,
+                  "test/cam_pointing": 0.625, "test/unknown_iou": 0.1}}
+    for name, metrics in runs.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(json.dumps({**metrics, "run_dir": str(tmp_path / name)}))
+    table = collect(tmp_path)
+    assert list(table.columns) == ["model", "weights", "AUROC", "map pointing", "attention pointing",
+                                   "attention IoU", "rollout pointing", "trainable params", "total params", "run"]
+    assert table["attention pointing"].tolist()[0] == 0.75 and pd.isna(table["attention pointing"].iloc[1])
+    assert table["weights"].tolist()[0] == "random (hub unavailable)"
+
+
+def test_tiny_foundation_multirun_writes_one_table(tiled, tmp_path):
+    """``hparams_search=foundation`` end to end with two tiny models: a CNN and a ViT with
+    registers and Virchow2's embedding, feature cache, Grad-CAM++ scores, whole slides."""
+    sweep = tmp_path / "sweep"
+    overrides = [o for o in train_overrides(tmp_path, tiled.data.root, tiled.tiles_dir)
+                 if not o.startswith(("model=", "~callbacks.cam"))]
+    command = [sys.executable, "train.py", "-m", "hparams_search=foundation", "model=small_cnn,tiny_fm",
+               *overrides, "trainer.max_epochs=1", "callbacks.feature_cache.variants=1",
+               "callbacks.cam.every_n_epochs=100", f"hydra.sweep.dir={sweep}"]
+    env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(command, cwd=PROJECT, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = pd.read_csv(sweep / "comparison.csv")
+    assert table["model"].tolist() == ["test_resnet", "tiny_fm"] and table["weights"].tolist() == ["random"] * 2
+    assert table["AUROC"].between(0, 1).all() and table["slide AUC"].between(0, 1).all()
+    assert table["map pointing"].between(0, 1).all() and "AUROC 95% CI" in table
+    assert (sweep / "comparison.md").read_text().count("| tiny_fm |") == 1

@@ -1,5 +1,9 @@
 """The comparison table of a sweep: one row per finished run, from its ``metrics.json``.
 
+Localization columns: ``test/cam_*`` (the model's map: Grad-CAM++, or a segmenter's mask) and,
+for every other explanation method a run scored, ``test/<method>_*`` (``attention pointing``,
+``rollout IoU``...): whatever a run wrote shows.
+
 Written as ``comparison.csv`` and ``comparison.md`` into the sweep folder when a Hydra
 multirun ends (:class:`CompareCallback`), and rebuilt from any folder of finished runs with
 ``python -m vistumor.runs.compare <folder>``.
@@ -10,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,7 +25,7 @@ from omegaconf import DictConfig
 
 from vistumor.errors import VisTumorError, user_error
 from vistumor.evaluate.camelyon16 import report
-from vistumor.explain import localization
+from vistumor.explain import localization, methods
 from vistumor.files import write_text
 from vistumor.labels import CLASSES
 from vistumor.model import metrics
@@ -57,6 +62,35 @@ COLUMNS = {
 CI = "_ci95"
 
 
+#: where per-method localization columns go: after the model's own map (``test/cam_*``)
+_METHOD_COLUMNS_BEFORE = "params_trainable"
+_LOCALIZATION_KEY = re.compile(rf"^test/(?P<method>.+)_(?P<score>{'|'.join(_CAM_TITLES)})$")
+
+
+def method_columns(keys) -> dict[str, str]:
+    """Localization a run logged per explanation method, ``test/<method>_<score>`` (e.g.
+    ``test/attention_pointing``, ``test/rollout_iou``): key -> column ``<method> <score>``, by
+    method then score. ``test/cam_*`` (the CAM monitor's map) has its own columns."""
+    found = {}
+    for key in keys:
+        match = _LOCALIZATION_KEY.match(str(key))
+        if match and match["method"] in methods.METHODS:
+            found[key] = (match["method"], list(_CAM_TITLES).index(match["score"]))
+    return {k: f"{method} {_CAM_TITLES[list(_CAM_TITLES)[i]].removeprefix('map ')}"
+            for k, (method, i) in sorted(found.items(), key=lambda item: item[1])}
+
+
+def _columns(keys) -> dict[str, str]:
+    """:data:`COLUMNS` with the per-method localization columns of ``keys`` in place."""
+    extra = method_columns(keys)
+    columns = {}
+    for key, title in COLUMNS.items():
+        if key == _METHOD_COLUMNS_BEFORE:
+            columns.update(extra)
+        columns[key] = title
+    return columns
+
+
 def collect(folder: str | Path) -> pd.DataFrame:
     """One row per ``metrics.json`` below ``folder``, ordered by run folder, with intervals
     over slides, slide-level results of whole-slide runs of its checkpoints, and the paired
@@ -75,10 +109,11 @@ def collect(folder: str | Path) -> pd.DataFrame:
         return pd.DataFrame(columns=list(COLUMNS.values()))
     compare_with_best(rows)
     table = pd.DataFrame(rows)
-    present = [k for k in COLUMNS if k in table.columns]
-    cis = {f"{k}{CI}": f"{COLUMNS[k]} 95% CI" for k in present if f"{k}{CI}" in table.columns}
+    columns = _columns(table.columns)
+    present = [k for k in columns if k in table.columns]
+    cis = {f"{k}{CI}": f"{columns[k]} 95% CI" for k in present if f"{k}{CI}" in table.columns}
     ordered = [c for k in present for c in (k, f"{k}{CI}") if c in table.columns]
-    return table[ordered].rename(columns={**COLUMNS, **cis})
+    return table[ordered].rename(columns={**columns, **cis})
 
 
 def enrich(row: dict, folder: Path) -> dict:
