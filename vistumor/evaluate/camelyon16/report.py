@@ -17,9 +17,9 @@ from vistumor.evaluate.exclusions import AUC, TASKS
 from vistumor.files import save_figure, write_json, write_text
 from vistumor.labels import name
 
-#: the files of an evaluation folder
 #: the folder of a model's evaluation in a whole-slide run (``models/<name>/evaluation``)
 FOLDER = "evaluation"
+#: the CAMELYON16 files of an evaluation folder (the CAMELYON17 ones: ``camelyon17.report.PN_FILES``)
 FILES = {"json": "evaluation.json", "csv": "per_slide.csv", "froc": "froc.png", "roc": "roc.png"}
 PER_SLIDE_COLUMNS = (
     "slide", "label", "score", "n_detections", "n_lesions", "n_itc", "hits", "false_positives", "annotation",
