@@ -224,6 +224,34 @@ def test_slides_of_another_scale_are_read_at_the_trained_scale(tiny_tiff):
         assert plan_grid(slide, {**tiling, "trained_mpp": 0.5}, input_size=32).size0 == 64
 
 
+def test_a_slide_coarser_than_the_model_is_refused_unless_upsampled(tiny_tiff, caplog):
+    """Issue 17.10: a 0.5 um/px slide for a model of 0.25 um/px. A 64 px patch at 0.25 um/px
+    is 16 um: 32 level-0 px at 0.5, the cells half of it (16 px, 8 um), read at level 0."""
+    from vistumor.errors import ConfigError, SlideError
+    from vistumor.infer.geometry import plan_grid
+
+    tiling = {"grid": {"patch_size": 64, "stride": None, "level": 0, "target_mpp": None, "min_tissue_fraction": 0.6},
+              "tissue": {"downsample": 8}, "trained_mpp": 0.25}
+    path = tiny_tiff("half.tif", tissue_image(), mpp=0.5, levels=3)
+    with Slide(path) as slide:
+        with pytest.raises(SlideError, match=r"half.tif: level 0 \(0.5000 um/px\) is coarser than the model's "
+                                             r"0.2500 um/px: set read.upsample=true to read it upsampled 2.00x$"):
+            plan_grid(slide, tiling, input_size=64)
+        with caplog.at_level("WARNING", logger="vistumor.infer.geometry"):
+            grid = plan_grid(slide, tiling, input_size=64, upsample=True)
+        assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+            "half.tif: 0.5000 um/px, the model was trained at 0.2500: reading level 0 upsampled 2.00x "
+            "(read.upsample=true)"]
+        assert (grid.upsample, grid.size0, grid.stride0, grid.read_level, grid.read_size) == (2.0, 32, 16, 0, 32)
+        assert grid.cell_um == 8.0 and grid.cells == (-(-slide.dimensions[1] // 16), -(-slide.dimensions[0] // 16))
+        assert len(grid) and not (grid.x0 % 16).any() and not (grid.y0 % 16).any()
+        same = plan_grid(slide, {**tiling, "trained_mpp": 0.5}, input_size=64, upsample=True)
+        assert same.upsample == 1.0 and same.size0 == 64  # nothing to upsample: as before
+        with pytest.raises(ConfigError, match=r"half.tif: infer.read.level=9 does not exist: the slide has 3 "
+                                              r"levels \(0-2\)"):
+            plan_grid(slide, tiling, input_size=64, read_level=9, upsample=True)
+
+
 # -- inputs --------------------------------------------------------------------------------------
 
 

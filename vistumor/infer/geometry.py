@@ -5,6 +5,12 @@ apart, and the probability heatmap has one cell per ``stride0 x stride0`` block 
 slide's origin. The pixels come from the coarsest pyramid level that is still at least as
 fine as the model's input (a 512 px level-0 patch resized to 224 reads 256 px at level 1):
 only the reading level changes, never where a patch is.
+
+A slide scanned coarser than the model was trained (a 20x slide, 0.5 µm/px, for a model of
+0.25 µm/px) has no level fine enough and is refused, unless ``read.upsample`` allows it:
+then a patch is the same tissue read at level 0 in ``patch_size / factor`` px, resized up to
+the model input like any other patch; the grid stays in level-0 px, and ``upsample``
+(the factor) is recorded beside the heatmap.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from vistumor.config import build
+from vistumor.errors import ConfigError, SlideError
 from vistumor.tiling.grid import GridSpec
 from vistumor.tiling.params import GridParams
 from vistumor.tiling.slide_grid import grid_spec, tissue_grid
@@ -39,6 +46,7 @@ class SlideGrid:
         read_size: patch edge in ``read_level`` px.
         mpp: microns per level-0 px (None when unknown).
         thumbnail, thumb_downsample, tissue: the tissue mask's image, scale and mask.
+        upsample: how much finer the model's scale is than level 0 (1.0: not upsampled).
     """
 
     width0: int
@@ -54,6 +62,7 @@ class SlideGrid:
     thumbnail: np.ndarray
     thumb_downsample: float
     tissue: np.ndarray
+    upsample: float = 1.0
 
     @property
     def cells(self) -> tuple[int, int]:
@@ -70,7 +79,7 @@ class SlideGrid:
 
 def plan_grid(
     slide: Slide, tiling: Mapping[str, Any], input_size: int, stride: int | None = None,
-    min_tissue_fraction: float | None = None, read_level: int | str = "auto",
+    min_tissue_fraction: float | None = None, read_level: int | str = "auto", upsample: bool = False,
 ) -> SlideGrid:
     """The tissue grid of ``slide`` for a model trained with manifest tiling ``tiling``.
 
@@ -81,23 +90,55 @@ def plan_grid(
         stride: patch spacing in px at the patch's resolution; None = half a patch.
         min_tissue_fraction: keep patches with this much tissue; None = as in training.
         read_level: ``auto`` (coarsest level at least as fine as the input) or a level.
+        upsample: read a slide coarser than the model's scale at level 0, upsampled.
+
+    Raises:
+        SlideError: a slide coarser than the model's scale (without ``upsample``).
+        ConfigError: ``read_level`` beyond the slide's levels.
     """
     grid = trained_scale(slide, build(GridParams, {**tiling["grid"], "stride": None}, "checkpoint tiling.grid"),
                          tiling.get("trained_mpp"))
     tissue_params = build(TissueParams, tiling["tissue"], "checkpoint tiling.tissue")
-    spec = grid_spec(slide, grid)
+    factor = upsample_factor(slide, grid, upsample)
+    spec = upsampled_spec(grid, factor) if factor > 1 else grid_spec(slide, grid)
     stride0 = (stride if stride else grid.patch_size / 2) * spec.size0 / grid.patch_size
     spec = GridSpec(spec.level, spec.read_size, spec.size0, stride0)
     min_tissue = grid.min_tissue_fraction if min_tissue_fraction is None else min_tissue_fraction
     found = tissue_grid(slide, spec, tissue_params, min_tissue)
     level = reading_level(slide, spec.size0, input_size) if read_level == "auto" else int(read_level)
+    if not 0 <= level < slide.level_count:
+        raise ConfigError(f"infer.read.level={level} does not exist: the slide has {slide.level_count} "
+                          f"levels (0-{slide.level_count - 1})", slide.path)
     downsample = slide.level_downsamples[level]
     width0, height0 = slide.dimensions
     return SlideGrid(
         width0=width0, height0=height0, size0=spec.size0, stride0=stride0, x0=found.x0, y0=found.y0,
         read_level=level, read_downsample=downsample, read_size=int(round(spec.size0 / downsample)),
         mpp=slide.mpp, thumbnail=found.thumbnail, thumb_downsample=found.downsample, tissue=found.mask,
+        upsample=factor,
     )
+
+
+def upsample_factor(slide: Slide, grid: GridParams, allowed: bool) -> float:
+    """How much finer ``grid``'s µm/px is than the slide's level 0 (1.0 when level 0 is fine
+    enough, as :meth:`Slide.level_for_mpp` allows: 1 %); refused unless ``allowed``."""
+    if grid.target_mpp is None or slide.mpp is None or slide.mpp <= grid.target_mpp * 1.01:
+        return 1.0
+    factor = slide.mpp / grid.target_mpp
+    if not allowed:
+        raise SlideError(f"level 0 ({slide.mpp:.4f} um/px) is coarser than the model's {grid.target_mpp:.4f} "
+                         f"um/px: set read.upsample=true to read it upsampled {factor:.2f}x", slide.path)
+    log.warning("%s: %.4f um/px, the model was trained at %.4f: reading level 0 upsampled %.2fx "
+                "(read.upsample=true)", slide.path.name, slide.mpp, grid.target_mpp, factor)
+    return factor
+
+
+def upsampled_spec(grid: GridParams, factor: float) -> GridSpec:
+    """Patches of ``grid.patch_size`` px at the model's scale, read at level 0 in
+    ``patch_size / factor`` px (the same tissue), to be resized up to the model input."""
+    read_size = int(round(grid.patch_size / factor))
+    return GridSpec(level=0, read_size=read_size, size0=float(read_size),
+                    stride0=(grid.stride or grid.patch_size) / factor)
 
 
 def trained_scale(slide: Slide, grid: GridParams, trained_mpp: float | None) -> GridParams:

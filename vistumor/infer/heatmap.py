@@ -60,7 +60,7 @@ def geometry(grid: SlideGrid) -> dict[str, Any]:
         "origin_level0": [0, 0], "cell_size_px": grid.stride0, "cell_size_um": grid.cell_um,
         "shape": list(grid.cells), "width0": grid.width0, "height0": grid.height0, "mpp": grid.mpp,
         "patch_size_px": grid.size0, "stride_px": grid.stride0, "read_level": grid.read_level,
-        "read_size": grid.read_size, "patches": len(grid),
+        "read_size": grid.read_size, "patches": len(grid), "upsample": grid.upsample,
     }
 
 

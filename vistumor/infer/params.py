@@ -1,16 +1,61 @@
-"""Whole-slide inference settings, nested as ``conf/infer.yaml`` (each group a dataclass)."""
+"""Whole-slide inference settings, nested as ``conf/infer.yaml`` (each group a dataclass).
+
+Every value is checked when the settings are built, before a checkpoint or a slide is read:
+a bad one is one :class:`~vistumor.errors.ConfigError` line naming the key and the value
+(``infer.lesions.threshold must be a number in (0, 1], got nan``).
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from vistumor.errors import ConfigError
 from vistumor.wsi.slide import check_mpp_override
 
 SCORES = ("max", "topk")
 CAM_NORMALIZE = ("slide", "run", "none")
+PRECISIONS = ("auto", "bf16", "32")
+
+
+def _refuse(key: str, expected: str, value: Any) -> None:
+    raise ConfigError(f"infer.{key} must be {expected}, got {value!r}")
+
+
+def check_whole(key: str, value: Any, minimum: int = 1, optional: bool = False) -> None:
+    """``value`` is an integer ``>= minimum`` (or None when ``optional``)."""
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        _refuse(key, f"a whole number >= {minimum}" + (" or null" if optional else ""), value)
+
+
+def check_number(key: str, value: Any, low: float = 0.0, high: float = math.inf, low_open: bool = True,
+                 optional: bool = False) -> None:
+    """``value`` is a finite number above ``low`` (or from ``low`` unless ``low_open``), at most ``high``."""
+    if optional and value is None:
+        return
+    number = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if number and (value > low if low_open else value >= low) and value <= high:
+        return
+    if math.isfinite(high):
+        expected = f"a number in {'(' if low_open else '['}{low:g}, {high:g}]"
+    else:
+        expected = f"a number {'>' if low_open else '>='} {low:g}"
+    _refuse(key, expected + (" or null" if optional else ""), value)
+
+
+def check_choice(key: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        _refuse(key, f"one of {choices}", value)
+
+
+def check_flag(key: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        _refuse(key, "true or false", value)
 
 
 @dataclass(frozen=True)
@@ -21,15 +66,30 @@ class GridSettings:
     stride: int | None = None
     min_tissue_fraction: float | None = None
 
+    def __post_init__(self):
+        check_whole("grid.stride", self.stride, optional=True)
+        check_number("grid.min_tissue_fraction", self.min_tissue_fraction, 0.0, 1.0, low_open=False, optional=True)
+
 
 @dataclass(frozen=True)
 class ReadSettings:
     """level: ``auto`` (coarsest level at least as fine as the model input) or a level;
-    block: patches per block edge read in one region; threads: decoding threads."""
+    block: patches per block edge read in one region; threads: decoding threads;
+    upsample: read a slide scanned coarser than the model's scale at level 0, upsampled
+    (refused by default)."""
 
     level: int | str = "auto"
     block: int = 16
     threads: int = 2
+    upsample: bool = False
+
+    def __post_init__(self):
+        if self.level != "auto" and (isinstance(self.level, bool) or not isinstance(self.level, int)
+                                     or self.level < 0):
+            _refuse("read.level", "auto or a level number >= 0", self.level)
+        check_whole("read.block", self.block)
+        check_whole("read.threads", self.threads)
+        check_flag("read.upsample", self.upsample)
 
 
 @dataclass(frozen=True)
@@ -44,6 +104,11 @@ class CamSettings:
     normalize: str = "slide"
     method: str = "gradcam++"
 
+    def __post_init__(self):
+        check_flag("cam.enabled", self.enabled)
+        check_whole("cam.px_per_cell", self.px_per_cell)
+        check_choice("cam.normalize", self.normalize, CAM_NORMALIZE)
+
 
 LESION_SOURCES = ("heatmap", "mask")
 
@@ -57,6 +122,11 @@ class LesionSettings:
     min_cells: int = 1
     source: str = "heatmap"
 
+    def __post_init__(self):
+        check_number("lesions.threshold", self.threshold, 0.0, 1.0)
+        check_whole("lesions.min_cells", self.min_cells)
+        check_choice("lesions.source", self.source, LESION_SOURCES)
+
 
 @dataclass(frozen=True)
 class DetectionSettings:
@@ -67,11 +137,20 @@ class DetectionSettings:
     radius_px: float = 600.0
     min_prob: float = 0.1
 
+    def __post_init__(self):
+        check_number("detections.radius_um", self.radius_um)
+        check_number("detections.radius_px", self.radius_px)
+        check_number("detections.min_prob", self.min_prob, 0.0, 1.0, low_open=False)
+
 
 @dataclass(frozen=True)
 class ScoreSettings:
     method: str = "max"
     k: int = 10
+
+    def __post_init__(self):
+        check_choice("score.method", self.method, SCORES)
+        check_whole("score.k", self.k)
 
 
 @dataclass(frozen=True)
@@ -90,16 +169,9 @@ class InferParams:
     mpp_override: str = "missing"
 
     def __post_init__(self):
-        if self.score.method not in SCORES:
-            raise ConfigError(f"infer.score.method must be one of {SCORES}, got {self.score.method!r}")
-        if self.cam.normalize not in CAM_NORMALIZE:
-            raise ConfigError(f"infer.cam.normalize must be one of {CAM_NORMALIZE}, "
-                              f"got {self.cam.normalize!r}")
-        if self.lesions.source not in LESION_SOURCES:
-            raise ConfigError(f"infer.lesions.source must be one of {LESION_SOURCES}, got {self.lesions.source!r}")
+        check_whole("batch_size", self.batch_size)
+        check_choice("precision", self.precision, PRECISIONS)
         check_mpp_override(self.mpp_override)
-        if self.read.level != "auto" and not isinstance(self.read.level, int):
-            raise ConfigError(f"infer.read.level must be auto or a level number, got {self.read.level!r}")
 
     @property
     def hash(self) -> str:

@@ -93,7 +93,7 @@ def run_slide(item: SlideInput, models: list[ModelRun], params: InferParams,
         with Slide(item.path, params.mpp, params.mpp_override) as slide:
             size = max(m.input_size for m in group)
             grid = plan_grid(slide, group[0].tiling, size, params.grid.stride,
-                             params.grid.min_tissue_fraction, params.read.level)
+                             params.grid.min_tissue_fraction, params.read.level, params.read.upsample)
         planned = time.perf_counter()
         results, stream = one_pass(item, grid, group, params)
         read_facts = {"patches": len(grid), "decoded_px": stream.decoded, "grid_px": grid_pixels(grid),
