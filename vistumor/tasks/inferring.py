@@ -56,7 +56,7 @@ def run_models(models: list[ModelRun], items: list[inputs.SlideInput], params: I
     evaluation; also what training runs on its test slides after testing."""
     run = run or RunSettings()
     write_json(out / "run.json", run_description(models, items, params))
-    summary: dict[str, Any] = {"run_dir": str(out), "slides": len(run.mine(items)),
+    summary: dict[str, Any] = {"run_dir": str(out), "slides": len(run.mine(items) if run.works else items),
                                "models": [m.name for m in models]}
     records = None
     if run.works:

@@ -100,7 +100,7 @@ def tile(cfg: DictConfig) -> dict:
     out_dir = Path(cfg.tiling.out_dir)
     store_dir = slide_results_dir(cfg, params)
     summary: dict[str, Any] = {"out_dir": str(out_dir), "slides_dir": str(store_dir),
-                               "slides": len(run.mine(records))}
+                               "slides": len(run.mine(records) if run.works else records)}
     statuses = None
     if run.works:
         log.info("tiling %d slide(s) into %s with %d worker(s)", summary["slides"], store_dir, run.workers)
