@@ -161,5 +161,4 @@ def load_mil(path: str | Path, device: str | torch.device = "cpu") -> MILClassif
         model.load_state_dict(ckpt["state_dict"])
     except (TypeError, RuntimeError) as err:
         raise ConfigError(f"MIL checkpoint does not load ({str(err).splitlines()[0]})", path) from err
-    model.checkpoint_path = str(path)
     return model.to(device).eval()
