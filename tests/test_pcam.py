@@ -242,6 +242,14 @@ def test_a_split_with_one_class_names_its_labels_file(tmp_path):
     assert str(err.value) == f"{y_file(root, 'train')}: split 'train' has no tumor patches (16 normal)"
 
 
+def test_a_segmentation_model_is_refused_pcam_has_no_masks(pcam):
+    dm = PatchDataModule(PCamSource(str(pcam)), image_size=32, batch_size=4, num_workers=0, train_masks=True)
+    with pytest.raises(ConfigError) as err:
+        dm.setup("fit")
+    assert str(err.value) == (f"{y_file(pcam, 'train')}: a segmentation model learns from tumor masks, and "
+                              "PCamSource has none: train a classifier on it")
+
+
 # -- through the real config ------------------------------------------------------------------------
 
 TRAIN = (

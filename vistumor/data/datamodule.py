@@ -106,6 +106,9 @@ class PatchDataModule(L.LightningDataModule):
 
     def build(self, split: str) -> Dataset:
         """The image dataset of one split, checked to hold both classes."""
+        if split == "train" and self.train_masks and not self.source.has_masks:
+            raise ConfigError(f"a segmentation model learns from tumor masks, and {type(self.source).__name__} "
+                              "has none: train a classifier on it", self.source.where(split))
         transform = build_pipeline(self.augment.get("train" if split == "train" else "eval"))
         dataset = self.source.dataset(split, self.image_size, transform,
                                       with_masks=self.with_masks and (split != "train" or self.train_masks))

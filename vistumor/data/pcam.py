@@ -10,10 +10,11 @@ The release (https://github.com/basveeling/pcam) holds, per split ``train``/``va
 
 torchvision's :class:`~torchvision.datasets.PCAM` knows these names and its split vocabulary
 (``val`` reads ``valid``), but looks only in ``<root>/pcam`` and reopens both files for every
-item (``bench/bench_pcam.py``: 4.6 ms a patch in shuffled order; 0.7 ms through one handle). :class:`PCamFiles` keeps torchvision's
-names and item contract, finds the files in ``<root>/pcam`` or ``<root>``, never downloads,
-checks them up front (one line naming the file), and reads images through one handle per
-process. Only labels (N bytes) and the meta table are read whole; images are read per item.
+item (``bench/bench_pcam.py``: 4.6 ms a patch in shuffled order; 0.7 ms through one handle).
+:class:`PCamFiles` keeps torchvision's names and item contract, finds the files in
+``<root>/pcam`` or ``<root>``, never downloads, checks them up front (one line naming the
+file), and reads images through one handle per process. Only labels (N bytes) and the meta
+table are read whole; images are read per item.
 
 Every item carries its place (``slide_id, x0, y0``): with the meta file, the CAMELYON16 slide
 name and ``(coord_x, coord_y)`` as the release gives them (the release does not say at which

@@ -25,6 +25,8 @@ class PatchSource:
 
     #: the manifest the patches come from (recorded in checkpoints), when there is one
     manifest_path: str | None = None
+    #: whether the source can give tumor masks at all (a segmentation model learns from them)
+    has_masks: bool = True
 
     def dataset(self, split: str, image_size: int, transform: A.Compose | None, with_masks: bool) -> Dataset:
         raise NotImplementedError
@@ -106,6 +108,8 @@ class PCamSource(PatchSource):
     Args:
         root: the folder holding ``camelyonpatch_level_2_split_*_{x,y}.h5`` (and ``*_meta.csv``).
     """
+
+    has_masks = False
 
     def __init__(self, root: str):
         self.root = str(root)
