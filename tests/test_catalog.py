@@ -11,7 +11,14 @@ import pytest
 from vistumor.errors import ConfigError
 from vistumor.infer import inputs
 from vistumor.tiling.catalog import find_slides
-from vistumor.wsi.catalog import Annotations, find_annotation, glob_slides, index_folder, slide_files
+from vistumor.wsi.catalog import (
+    Annotations,
+    find_annotation,
+    glob_slides,
+    index_folder,
+    locate_slides,
+    slide_files,
+)
 
 
 def touch(path: Path) -> Path:
@@ -87,3 +94,13 @@ def test_slides_whose_names_differ_only_by_case_are_refused_naming_both(tmp_path
     message = str(err.value)
     assert f"{tmp_path / 'a.TIF'} and {tmp_path / 'a.tif'} are both slide 'a'" in message
     assert "\n" not in message
+
+
+def test_locate_slides_searches_sub_folders_ignoring_case(tmp_path):
+    slide = touch(tmp_path / "scans" / "2024" / "TUMOR_001.svs")
+    touch(tmp_path / "scans" / "tumor_001.txt")
+    touch(tmp_path / "other.tif")
+    assert locate_slides(tmp_path, ["tumor_001", "normal_009"]) == {"tumor_001": slide}
+    twin = touch(tmp_path / "copy" / "tumor_001.tif")
+    with pytest.raises(ConfigError, match=f"{twin} and {slide} are both slide 'tumor_001'"):
+        locate_slides(tmp_path, ["tumor_001"])

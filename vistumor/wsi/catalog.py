@@ -57,6 +57,25 @@ def slide_files(given: Sequence[str | Path]) -> list[Path]:
     return check_distinct(files)
 
 
+def locate_slides(folder: str | Path, names: Iterable[str]) -> dict[str, Path]:
+    """The slide file of each of ``names`` found under ``folder`` (sub-folders too): a file with
+    one of :data:`~vistumor.wsi.slide.SLIDE_SUFFIXES` whose stem is the name, ignoring case.
+    Names not found are left out; two candidates for one name are refused in one line naming both."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ConfigError("folder not found", folder)
+    wanted = {name.lower(): name for name in names}
+    found: dict[str, Path] = {}
+    for path in sorted(folder.rglob("*")) if wanted else []:
+        key = slide_name(path)
+        if key in wanted and path.suffix.lower() in SLIDE_SUFFIXES and path.is_file():
+            if key in found:
+                raise ConfigError(f"{found[key]} and {path} are both slide '{wanted[key]}' "
+                                  "(slide names match ignoring case)", folder)
+            found[key] = path
+    return {wanted[key]: path for key, path in found.items()}
+
+
 def glob_slides(root: str | Path, globs: Mapping[str, str | Sequence[str]]) -> list[tuple[str, Path]]:
     """``(kind, file)`` of every file the ``kind -> glob patterns`` of a data layout match under
     ``root`` (hidden files skipped), sorted by slide name; refuses two files of one slide name
