@@ -44,6 +44,18 @@ needs_real_fixtures = pytest.mark.skipif(
     not (REAL_SVS.is_file() and REAL_XML.is_file()), reason=f"real fixtures not found in {FIXTURES}"
 )
 
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Say it in the last line when the browser tests (``tests/*_browser.py``) were skipped:
+    one ``s`` among hundreds of dots is easy to miss."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    reasons = {str(report.longrepr[-1]).removeprefix("Skipped: ")
+               for report in (reporter.stats.get("skipped", []) if reporter else [])
+               if "_browser" in report.nodeid and isinstance(report.longrepr, tuple)}
+    for reason in sorted(reasons):
+        reporter.write_line(f"browser tests skipped: {reason}", yellow=True, bold=True)
+
+
 # -- the tiny dataset's geometry (level-0 px) -----------------------------------------------
 
 WIDTH, HEIGHT = 768, 512

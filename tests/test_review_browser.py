@@ -31,7 +31,7 @@ from test_viewer_browser import CHROMIUM, DRIVER, wait_loaded  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None or DRIVER is None,
-    reason="Chromium or chromedriver not found (apt-get install chromium chromium-driver)")
+    reason="Chromium or chromedriver not found; install: apt-get install -y chromium chromium-driver")
 browser = test_viewer_browser.browser  # the headless-Chromium fixture, one per module
 REVIEWER, COMMENT = "A. Pathologist", "one missed focus above the second lesion"
 #: level-0 px per screen px at the home view is about 2.2: a click lands within ~3 px

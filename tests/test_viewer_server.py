@@ -1,6 +1,7 @@
 """The viewer's server under hostile or careless use: idle and half-sent connections hold no
 worker and are closed after the timeout, the command's numbers are checked in one line, and
-a run whose slides moved is served with ``--slides``."""
+a run whose slides moved is served with ``--slides``; ``make test`` says in its last line when
+the browser tests were skipped."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ import socket
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from conftest import pytest_unconfigure
 from test_viewer import serving, tiny_run  # noqa: F401 (a fixture)
 
 from vistumor.viewer.cli import main
@@ -163,3 +166,33 @@ def test_slides_refuses_a_missing_folder_and_two_files_of_one_slide(tiny_run, tm
     assert main([str(run), "--slides", str(archive), "--port", "0"]) == 2
     err = capsys.readouterr().err
     assert "are both slide 'tumor_001'" in err and err.count("\n") == 1
+
+
+# -- make test says when the browser tests were skipped --------------------------------------------
+
+
+class Reporter:
+    """What the hook reads of pytest's terminal reporter."""
+
+    def __init__(self, skipped: list[SimpleNamespace]):
+        self.stats = {"skipped": skipped, "passed": [SimpleNamespace(nodeid="tests/test_x.py::t", longrepr=None)]}
+        self.lines: list[str] = []
+
+    def write_line(self, line: str, **markup: bool) -> None:
+        self.lines.append(line)
+
+
+def test_skipped_browser_tests_are_said_in_the_last_line():
+    """One line per reason, for browser tests only (a skip elsewhere is not about Chromium)."""
+    reason = "Chromium or chromedriver not found; install: apt-get install -y chromium chromium-driver"
+    skipped = [SimpleNamespace(nodeid=f"tests/test_{name}_browser.py::test_{k}",
+                               longrepr=("f.py", 3, f"Skipped: {reason}"))
+               for name in ("viewer", "review") for k in range(3)]
+    skipped.append(SimpleNamespace(nodeid="tests/test_slide.py::test_real", longrepr=("f.py", 9, "Skipped: none")))
+    reporter = Reporter(skipped)
+    config = SimpleNamespace(pluginmanager=SimpleNamespace(get_plugin=lambda name: reporter))
+    pytest_unconfigure(config)
+    assert reporter.lines == [f"browser tests skipped: {reason}"]
+    quiet = Reporter(skipped[-1:])
+    pytest_unconfigure(SimpleNamespace(pluginmanager=SimpleNamespace(get_plugin=lambda name: quiet)))
+    assert quiet.lines == []
