@@ -335,6 +335,23 @@ def test_whole_slides_are_refused_for_pcam_before_training(pcam, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_tiling_pcam_is_refused_in_one_line(pcam, tmp_path):
+    from vistumor.tasks import tile
+
+    with pytest.raises(ConfigError, match=r"^data=pcam holds patches, not slides: nothing to tile"):
+        tile(compose_pcam("tiling", tmp_path, pcam, "data=pcam"))
+
+
+def test_whole_slide_inference_refuses_a_pcam_checkpoint(trained, pcam, tmp_path):
+    from vistumor.tasks import infer
+
+    _, result = trained
+    cfg = compose_pcam("infer", tmp_path, pcam, "data=pcam", "device=cpu", f"ckpt_path={result['best_ckpt']}",
+                       "slides=all")
+    with pytest.raises(ConfigError, match="checkpoint records no tiling"):
+        infer(cfg)
+
+
 def test_explain_a_pcam_checkpoint_on_its_test_patches(trained, pcam, tmp_path, caplog):
     from vistumor.tasks import explain
 

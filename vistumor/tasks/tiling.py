@@ -30,6 +30,9 @@ KEYS = ("name", "out_dir", "slides_dir", "grid", "tissue", "labels", "sampling",
 
 def ensure_dataset(data: DictConfig) -> Path:
     """The dataset root; the embedded synthetic dataset is generated when missing."""
+    if "layout" not in data:  # data=pcam, patch_folder: patches, not slides
+        raise ConfigError(f"data={data.get('name')} holds patches, not slides: nothing to tile or to run "
+                          f"whole-slide inference on (train on it directly: python train.py data={data.get('name')})")
     root = Path(data.root)
     generate = data.get("generate")
     if generate:
