@@ -339,10 +339,10 @@ def test_html_escapes_slide_names(tiny_run, tmp_path):
     (run / "run.json").write_text(json.dumps(description))
     app = ViewerApp(run)
     index = app.handle("/").body.decode()
-    assert "<img src=x" not in index and "&lt;img src=x onerror=alert(1)&gt;&quot;&amp;" in index
+    assert "<img src=x" not in index and "&lt;img src=x onerror=alert(1)&gt;&#34;&amp;" in index
     assert "/view/%3Cimg%20src%3Dx%20onerror%3Dalert%281%29%3E%22%26" in index
     page = app.handle("/view/%3Cimg%20src%3Dx%20onerror%3Dalert%281%29%3E%22%26").body.decode()
-    assert page.count("&lt;img src=x onerror=alert(1)&gt;&quot;&amp;") == 3 and "<img" not in page
+    assert page.count("&lt;img src=x onerror=alert(1)&gt;&#34;&amp;") == 3 and "<img" not in page
 
 
 def test_the_index_lists_every_slide_with_scores(app):

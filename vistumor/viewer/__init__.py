@@ -10,8 +10,9 @@ confirms or rejects each predicted lesion, draws missed ones and saves the revie
 
 Modules: ``run`` (the run folder, looked up by name), ``tiles`` (Deep Zoom geometry, slide
 tiles, the tile cache), ``layers`` (heatmap tiles from the saved maps), ``pages`` (HTML and
-the slide's JSON), ``review`` (checking and saving reviews), ``server`` (routing, HTTP), ``pool`` (worker
-threads and idle connections), ``cli``. The browser side is in ``static/`` with a vendored OpenSeadragon (BSD-3,
+the slide's JSON), ``review`` (checking and saving reviews), ``server`` (routing, HTTP),
+``pool`` (worker threads and idle connections), ``cli``. The pages are Jinja2 templates in
+``templates/``; the browser side is in ``static/`` with a vendored OpenSeadragon (BSD-3,
 ``static/openseadragon/LICENSE.txt``).
 """
 

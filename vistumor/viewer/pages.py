@@ -1,31 +1,24 @@
 """The two HTML pages (index and slide view) and the JSON the slide view reads.
 
-Pages are templates from ``static/`` filled on the server: every name from the run goes
-through :func:`html.escape` (text and attributes) and :func:`urllib.parse.quote` (links),
-so a slide called ``<script>`` is shown, never run. The slide view's script fills in the
-rest from ``/api/slide/<name>`` with ``textContent`` only.
+Pages are Jinja2 templates (``templates/``) with autoescaping: every name from the run is
+escaped as text and attribute, and quoted whole (filter ``q``) in links, so a slide called
+``<script>`` is shown, never run. Numbers are formatted here, the templates only place them.
+The slide view's script fills in the rest from ``/api/slide/<name>`` with ``textContent`` only.
 """
 
 from __future__ import annotations
 
-import html
-from importlib import resources
-from string import Template
 from typing import Any
 from urllib.parse import quote
+
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from vistumor.viewer.layers import HeatTiles, describe
 from vistumor.viewer.run import RunFolder
 
-STATIC = resources.files("vistumor.viewer") / "static"
-
-
-def template(name: str) -> Template:
-    return Template((STATIC / name).read_text(encoding="utf-8"))
-
-
-def _text(value: Any) -> str:
-    return html.escape("" if value is None else str(value), quote=True)
+TEMPLATES = Environment(loader=PackageLoader("vistumor.viewer", "templates"), autoescape=select_autoescape(["html"]),
+                        undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+TEMPLATES.filters["q"] = lambda value: quote(str(value), safe="")  # one URL path segment
 
 
 def _number(value: Any, digits: int = 3) -> str:
@@ -33,33 +26,19 @@ def _number(value: Any, digits: int = 3) -> str:
 
 
 def index_page(run: RunFolder) -> str:
-    """One row per slide: name, label, score and lesions per model, status, thumbnail."""
+    """One row per slide: name, label, score and lesions per model, status, thumbnail, figures."""
     models = list(run.models)
-    several = len(models) > 1
-    heads = "".join(
-        f'<th data-sort="number" title="click to sort">score{f" ({_text(m)})" if several else ""}</th>'
-        f'<th data-sort="number">lesions{f" ({_text(m)})" if several else ""}</th>' for m in models)
     tables = {m: run.table(m) for m in models}
     status = run.status()
     rows = []
     for name, entry in run.slides.items():
-        link = f"/view/{quote(name, safe='')}"
-        cells = [f'<td><a href="{link}">{_text(name)}</a></td>', f"<td>{_text(entry.label or '')}</td>"]
-        for m in models:
-            row = tables[m].get(name, {})
-            score, lesions = row.get("score"), row.get("lesions")
-            cells.append(f'<td class="num" data-value="{_number(score, 6)}">{_number(score)}</td>')
-            cells.append(f'<td class="num" data-value="{_number(lesions, 0)}">{_number(lesions, 0)}</td>')
         state = status.get(name, {})
-        cells.append(f'<td title="{_text(state.get("reason"))}">{_text(_status(state))}</td>')
-        thumb = f'/thumb/{quote(name, safe="")}.jpeg' if entry.path else ""
-        image = f'<img src="{thumb}" alt="" loading="lazy">' if thumb else "slide file not found"
-        figures = " ".join(f'<a href="/figure/{quote(m, safe="")}/{quote(name, safe="")}.png">'
-                           f'figure{f" ({_text(m)})" if several else ""}</a>' for m in models)
-        cells.append(f'<td class="thumb"><a href="{link}">{image}</a>{figures}</td>')
-        rows.append(f"<tr>{''.join(cells)}</tr>")
-    return template("index.html").substitute(
-        run=_text(run.root), heads=heads, rows="\n".join(rows), summary=_evaluations(run))
+        cells = [{"score": _number(row.get("score")), "score_value": _number(row.get("score"), 6),
+                  "lesions": _number(row.get("lesions"), 0)} for row in (tables[m].get(name, {}) for m in models)]
+        rows.append({"name": name, "label": entry.label or "", "models": cells, "found": entry.path is not None,
+                     "status": _status(state), "reason": state.get("reason") or ""})
+    return TEMPLATES.get_template("index.html").render(
+        run=str(run.root), models=models, several=len(models) > 1, rows=rows, evaluations=_evaluations(run))
 
 
 def _status(row: dict[str, Any]) -> str:
@@ -68,22 +47,18 @@ def _status(row: dict[str, Any]) -> str:
     return "done (earlier run)" if status == "skipped" else status
 
 
-def _evaluations(run: RunFolder) -> str:
-    parts = []
+def _evaluations(run: RunFolder) -> list[dict[str, Any]]:
+    out = []
     for m in run.models:
         found = run.evaluation(m)
-        if found is None:
-            parts.append(f"<li>{_text(m)}: not evaluated</li>")
-        else:
-            parts.append(f"<li>{_text(m)}: FROC {_number(found.get('froc'))}, "
-                         f"slide AUC {_number(found.get('auc'))}</li>")
-    return "".join(parts)
+        out.append({"model": m, "evaluated": found is not None, "froc": _number((found or {}).get("froc")),
+                    "auc": _number((found or {}).get("auc"))})
+    return out
 
 
 def slide_page(run: RunFolder, name: str) -> str:
     """The slide view's frame; :class:`~vistumor.viewer.run.NotFound` for an unknown slide."""
-    entry = run.slide(name)
-    return template("slide.html").substitute(slide=_text(entry.name))
+    return TEMPLATES.get_template("slide.html").render(slide=run.slide(name).name)
 
 
 def run_info(run: RunFolder) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
+from importlib import resources
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import unquote, urlsplit
@@ -59,6 +60,7 @@ SECURITY_HEADERS = {
 }
 TILE_CACHE = "private, max-age=600"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+STATIC = resources.files("vistumor.viewer") / "static"
 #: threads answering requests: the slide tiles' decoding runs in parallel (OpenSlide, JPEG)
 WORKERS = min(32, (os.cpu_count() or 1) + 4)
 
@@ -110,11 +112,11 @@ def segments(target: str) -> list[str]:
 
 
 def static_files() -> dict[str, tuple[bytes, str]]:
-    """The files under ``static/`` (the page templates excepted), by their URL path."""
+    """The files under ``static/`` by their URL path (the pages are ``templates/``)."""
     table = {}
-    root = Path(str(pages.STATIC))
+    root = Path(str(STATIC))
     for path in sorted(root.rglob("*")):
-        if path.is_file() and path.suffix != ".html":
+        if path.is_file():
             kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
             if kind.startswith("text/") or kind.endswith("javascript"):
                 kind += "; charset=utf-8"
