@@ -150,6 +150,15 @@ def test_the_old_layer_choice_read_attention_keys_as_a_feature_map():
         explainer(model, "gradcam++", target_layer="blocks.1.attn.k_norm")
 
 
+def test_swins_channels_last_norm_was_read_as_channels_first():
+    model = Classifier(swin())
+    x = images()
+    assert old_rule(model.net) == "norm"  # the right layer, read the wrong way round
+    ref = reference(model, "net.norm", swin_reshape, x)
+    assert correlation(reference(model, "net.norm", None, x), ref) < 0.5
+    assert correlation(explainer(model, "gradcam++")(x), ref) > 0.9999
+
+
 def test_a_named_layer_is_read_in_its_layout_or_refused():
     layer = resolve_layer(vit(), "blocks.0")
     assert layer.layout == TOKENS and layer.prefix == 1
@@ -268,3 +277,15 @@ def test_the_whole_slide_canvas_is_hot_over_the_blue_tissue(tmp_path):
         assert blue[np.unravel_index(np.nanargmax(canvas), canvas.shape)], method
         assert np.nanmin(canvas[inner]) > 0.3 * peak, method
         assert np.nanmax(np.nan_to_num(canvas[far])) < 0.05 * peak, method
+
+
+@pytest.mark.parametrize("case", ["vit_registers", "swin"])
+def test_every_library_cam_reads_the_layer_through_the_same_reshape(case):
+    from vistumor.explain.methods import CAM_METHODS
+
+    model = Classifier(CASES[case][0]())
+    x = images(2)
+    for method in (m for m in CAM_METHODS if m != "scorecam"):  # scorecam: a forward per channel
+        maps = explainer(model, method, fast=False, batch_size=2)(x)
+        assert maps.shape == (2, SIZE, SIZE) and torch.isfinite(maps).all(), method
+        assert float(maps.min()) >= 0 and float(maps.max()) <= 1 + 1e-6, method
