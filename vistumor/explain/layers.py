@@ -135,27 +135,33 @@ def layout_of(net: nn.Module, shape: torch.Size, batch: int, image_hw: tuple[int
 
 @dataclass(eq=False)
 class _Seen:
+    """A module's output in the probe: its shape, its layout, and (transformers) whether the
+    score depends on its patch tokens."""
+
     name: str
     shape: torch.Size
     layout: str | None
-    output: torch.Tensor | None = None
+    live: bool = True
 
 
 def probe(model: nn.Module, size: int) -> list[_Seen]:
     """Every module of the network in the order its output is complete, with the layout its
-    output reads in. For a transformer also a backward pass: its token outputs keep their
-    tensor only where the score depends on their patch tokens (:func:`depends`)."""
+    output reads in. A transformer also gets a backward pass of a fixed random mix of the
+    logits: a token output is ``live`` when that mix depends on its patch tokens."""
     net, image_hw = network(model), (size, size)
+    prefix = prefix_tokens(net)
     backward = family(net) == TOKENS  # a CNN's or Swin's last grid always reaches the pooled head
     seen: list[_Seen] = []
+    tokens: list[tuple[_Seen, torch.Tensor]] = []
 
     def record(name, module, inputs, output):
         if not isinstance(output, torch.Tensor):
             return None
-        layout = layout_of(net, output.shape, 1, image_hw)
-        keep = backward and layout == TOKENS
-        seen.append(_Seen(name, output.shape, layout, output if keep else None))
-        return output.clone() if keep else None  # later in-place ops leave ours alone
+        seen.append(_Seen(name, output.shape, layout_of(net, output.shape, 1, image_hw)))
+        if not (backward and seen[-1].layout == TOKENS):
+            return None
+        tokens.append((seen[-1], output))
+        return output.clone()  # later in-place ops leave ours alone
 
     handles = [m.register_forward_hook(partial(record, n)) for n, m in net.named_modules() if n]
     gen = torch.Generator().manual_seed(_PROBE_SEED)
@@ -164,39 +170,29 @@ def probe(model: nn.Module, size: int) -> list[_Seen]:
         with preserved(model), torch.inference_mode(False), torch.set_grad_enabled(backward):
             model.eval()
             logits = model(images.requires_grad_(backward))
-            if backward:
-                weights = torch.randn(logits.shape[1:], generator=gen).to(logits.device)
-                depends(seen, (logits.float() * weights).sum(), net)
+            tokens = [(s, out) for s, out in tokens if out.requires_grad]
+            if tokens:
+                mix = (logits.float() * torch.randn(logits.shape[1:], generator=gen).to(logits.device)).sum()
+                grads = torch.autograd.grad(mix, [out for _, out in tokens], allow_unused=True)
+                for (s, _), grad in zip(tokens, grads, strict=True):
+                    s.live = grad is not None and bool(grad[:, prefix:].ne(0).any())
     finally:
         for handle in handles:
             handle.remove()
     return seen
 
 
-def depends(seen: list[_Seen], score: torch.Tensor, net: nn.Module) -> None:
-    """Keep in ``seen`` only grid outputs on whose patch positions ``score`` depends."""
-    kept = [s for s in seen if s.output is not None and s.output.requires_grad]
-    grads = torch.autograd.grad(score, [s.output for s in kept], allow_unused=True) if kept else []
-    for s, grad in zip(kept, grads, strict=True):
-        patches = grad[:, prefix_tokens(net) :] if grad is not None and s.layout == TOKENS else grad
-        s.output = s.output if patches is not None and bool(patches.ne(0).any()) else None
-    for s in seen:
-        if s not in kept:
-            s.output = None
-
-
 def default_layer(seen: list[_Seen], net: nn.Module) -> _Seen:
-    """The last output in the backbone's own layout at its full width that the score depends
-    on (the last such output when none does: a head of zeros)."""
+    """The last output in the backbone's own layout (at its full width for NHWC and tokens)
+    that the score depends on; the last such output when none does (a head of zeros)."""
     kind = family(net)
     grids = [s for s in seen if s.layout == kind]
     if not grids:
         raise ConfigError(f"{type(net).__name__} has no spatial feature map for CAMs; set explain.target_layer")
-    channel = 1 if kind == NCHW else -1
     if kind != NCHW:  # the residual stream's width: not qkv's 3C, nor the MLP's hidden width
-        grids = [s for s in grids if s.shape[channel] == grids[-1].shape[channel]]
-    live = [s for s in grids if s.output is not None]
-    return (live or grids)[-1] if kind == TOKENS else grids[-1]
+        grids = [s for s in grids if s.shape[-1] == grids[-1].shape[-1]]
+    live = [s for s in grids if s.live]
+    return (live or grids)[-1]
 
 
 def resolve_layer(model: nn.Module, name: str | None = None, image_size: int | None = None) -> CamLayer:
@@ -227,8 +223,3 @@ def find_target_layer(model: nn.Module, name: str | None = None, image_size: int
     """The name of the CAM layer of ``model`` (see :func:`resolve_layer`)."""
     return resolve_layer(model, name, image_size).name
 
-
-def target_layer(model: nn.Module, name: str | None = None) -> tuple[str, nn.Module]:
-    """``(name, module)`` of the CAM layer of ``model`` (found, or checked when named)."""
-    layer = resolve_layer(model, name)
-    return layer.name, layer.module
