@@ -83,8 +83,8 @@ def bags_of(cfg: DictConfig, table: pd.DataFrame, tiling: dict, settings: dict) 
         folder = Path(given)
         missing = [s for s in table["slide"] if not (folder / f"{s}.h5").is_file()]
         if missing:
-            raise ConfigError(f"no bag for slide(s) {missing[:5]} (expected <slide>.h5)", folder)
-        return folder, {"trunk": "given", "extracted": 0}
+            raise ConfigError(f"no bag for {len(missing)} slide(s) (first: {missing[:3]}; expected <slide>.h5)", folder)
+        return folder, {"trunk": "given", "extracted": None}
     extract = settings_of(settings["extract"])
     trunk = TrunkFeatures(plain(cfg.model.trunk), devices.inference_device(extract.device))
     folder = bag_folder(settings["cache_dir"], trunk, tiling, extract.stride)
@@ -142,7 +142,7 @@ def train_mil(cfg: DictConfig) -> dict[str, Any]:
         if wanted:
             dm.setup(stage)
     tiling["trained_mpp"] = trained_mpp(items)
-    model = build_mil_model(cfg, dm.dim, tiling, folder)
+    model = build_mil_model(cfg, dm.dim, tiling if facts["extracted"] is not None else None, folder)
     callbacks = [c for name, c in (cfg.get("callbacks") or {}).items()
                  if c is not None and "_target_" in c and name not in PATCH_CALLBACKS]
     from hydra.utils import instantiate
@@ -168,14 +168,15 @@ def train_mil(cfg: DictConfig) -> dict[str, Any]:
     return result
 
 
-def build_mil_model(cfg: DictConfig, dim: int, tiling: dict, folder: Path) -> MILClassifier:
+def build_mil_model(cfg: DictConfig, dim: int, tiling: dict | None, folder: Path) -> MILClassifier:
     """The configured aggregator on ``dim``-wide bags; records the trunk config (not built:
-    its ``_target_`` stays a value), the tiling and the bag folder."""
+    its ``_target_`` stays a value) and tiling of extracted bags (None for given bags, whose
+    trunk is not ours to rebuild), and the bag folder."""
     from hydra.utils import instantiate
 
     values = {k: v for k, v in plain(cfg.model).items() if k not in ("_target_", "trunk", "optimizer", "scheduler")}
     factories = {k: instantiate(cfg.model[k]) if cfg.model.get(k) else None for k in ("optimizer", "scheduler")}
-    trunk = plain(cfg.model.trunk) if "trunk" in cfg.model else None
+    trunk = plain(cfg.model.trunk) if tiling is not None and "trunk" in cfg.model else None
     try:
         return MILClassifier(**values, **factories, in_dim=dim, trunk=trunk, tiling=tiling, bags=str(folder),
                              seed=int(cfg.get("seed") or 0))
