@@ -160,6 +160,29 @@ def test_the_api_describes_the_slide_and_both_models(app, tiny_run):
     assert json.loads(get(app, "/api/truth/normal_001").body)["rings"] == []
 
 
+def test_lesions_are_read_by_the_annotation_reader(tiny_run, tmp_path):
+    """A hand-written lesions file: a two-part MultiPolygon lesion (one part with a hole) and a
+    point (no area: skipped); its rings come back part by part, outline then hole. A file
+    that is not GeoJSON is 404 "cannot be read", not a crash."""
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    square = lambda x0, y0, x1, y1: [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]  # noqa: E731
+    parts = [[square(0, 0, 100, 100), square(40, 40, 60, 60)], [square(200, 0, 300, 100)]]
+    features = [{"type": "Feature", "id": "tumor_001-lesion-1",
+                 "geometry": {"type": "MultiPolygon", "coordinates": parts},
+                 "properties": {"measurements": {"tumor_probability": 0.9, "area_mm2": 0.005}}},
+                {"type": "Feature", "geometry": {"type": "Point", "coordinates": [5, 5]}, "properties": {}}]
+    path = run / "models" / "oracle" / "lesions" / "tumor_001.geojson"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    lesions = json.loads(ViewerApp(run).handle("/api/lesions/oracle/tumor_001").body)["lesions"]
+    assert [lesion["id"] for lesion in lesions] == ["tumor_001-lesion-1"]
+    assert lesions[0]["rings"] == [ring for part in parts for ring in part]
+    measured = tuple(lesions[0][k] for k in ("tumor_probability", "area_mm2", "mean_probability"))
+    assert measured == (0.9, 0.005, None)
+    path.write_text("{not json")
+    response = ViewerApp(run).handle("/api/lesions/oracle/tumor_001")
+    assert response.status == 404 and b"cannot be read" in response.body
+
+
 # -- refusals --------------------------------------------------------------------------------
 
 TRAVERSALS = [

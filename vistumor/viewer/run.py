@@ -24,6 +24,7 @@ import yaml
 from vistumor.errors import AnnotationError, VisTumorError
 from vistumor.evaluate.camelyon16 import report
 from vistumor.wsi.annotations import read_annotations
+from vistumor.wsi.geojson import read_geojson
 from vistumor.wsi.slide import SLIDE_SUFFIXES
 
 log = logging.getLogger(__name__)
@@ -143,18 +144,17 @@ class RunFolder:
             return None
 
     def lesions(self, model: str, slide: str) -> list[dict[str, Any]]:
-        """Predicted lesions: ``{id, rings, tumor_probability, mean_probability, area_mm2}``."""
+        """Predicted lesions: ``{id, rings, tumor_probability, mean_probability, area_mm2}``,
+        read by the annotation reader (:func:`~vistumor.wsi.geojson.read_geojson`); rings are
+        every outline and hole, part by part, in level-0 px."""
         try:
             path = self.file(model, "lesions", slide, SUFFIXES["lesions"])
         except NotFound:
             return []
         out = []
-        for i, feature in enumerate(self._read(path, _json).get("features") or [], 1):
-            geometry = feature.get("geometry") or {}
-            polygons = ([geometry.get("coordinates")] if geometry.get("type") == "Polygon"
-                        else geometry.get("coordinates") if geometry.get("type") == "MultiPolygon" else [])
-            measured = (feature.get("properties") or {}).get("measurements") or {}
-            out.append({"id": feature.get("id") or f"lesion {i}", "rings": [r for p in polygons for r in p],
+        for i, shape in enumerate(self._read(path, read_geojson), 1):
+            measured = shape.properties.get("measurements") or {}
+            out.append({"id": shape.id or f"lesion {i}", "rings": [[[x, y] for x, y in ring] for ring in shape.rings],
                         **{k: measured.get(k) for k in ("tumor_probability", "mean_probability", "area_mm2")}})
         return out
 
