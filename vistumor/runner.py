@@ -18,7 +18,10 @@ A stage describes its unit of work as a :class:`SlideJob` and hands the runner i
     records = run_slides(items, BagJob(...), settings, out)   # this shard's slides
     if settings.merges:
         statuses = collect(items, job, out, records)           # every slide: done/failed/pending
-    log.info(counts_line(records))                             # "done 5, skipped 2, failed 1"
+    log.info(counts_line(counts(records)))                     # "done 5, skipped 2, failed 1"
+
+An entry script ends with exit status 1 when a slide failed (:func:`vistumor.cli.run_task`
+reads the summary's ``failed``), so put ``counts(records)`` into the task's summary.
 
 What the runner guarantees, per slide (``item`` has a ``slide_id`` and a ``path``):
 
