@@ -107,7 +107,7 @@ class CamLayer:
 
 def unreadable(name: str, shape, expected: str) -> str:
     return (f"target layer '{name}' outputs {tuple(shape)}, which is not a patch feature grid "
-            f"(expected {expected}); name another layer or leave explain.target_layer null")
+            f"(expected {expected}); name another layer, or none for the default")
 
 
 def layout_of(net: nn.Module, shape: torch.Size, batch: int, image_hw: tuple[int, int]) -> str | None:
