@@ -24,6 +24,7 @@ import yaml
 from vistumor.errors import AnnotationError, VisTumorError
 from vistumor.evaluate.camelyon16 import report
 from vistumor.wsi.annotations import read_annotations
+from vistumor.wsi.catalog import check_distinct, slide_name
 from vistumor.wsi.geojson import read_geojson
 from vistumor.wsi.slide import SLIDE_SUFFIXES
 
@@ -244,21 +245,16 @@ def _slides(described: list[dict], bases: list[Path]) -> dict[str, SlideEntry]:
 
 
 def relocate(slides: dict[str, SlideEntry], folder: Path) -> dict[str, SlideEntry]:
-    """``slides`` with each missing file found under ``folder`` (sub-folders too): a slide file
-    (:data:`~vistumor.wsi.slide.SLIDE_SUFFIXES`) whose stem is the slide's name, ignoring
-    case. A file found where ``run.json`` says is kept. Two candidates for one slide are
-    refused in one line naming both (:class:`VisTumorError`)."""
+    """``slides`` with each missing file found under ``folder`` (sub-folders too) by the
+    slide catalog's rule: a slide file whose stem is the slide's name, ignoring case
+    (:func:`~vistumor.wsi.catalog.slide_name`). A file found where ``run.json`` says is kept.
+    Two candidates for one slide are refused in one line naming both."""
     if not folder.is_dir():
         raise VisTumorError("--slides: folder not found", folder)
-    missing = {name.lower(): name for name, entry in slides.items() if entry.path is None}
-    found: dict[str, Path] = {}
-    for path in sorted(folder.rglob("*")) if missing else []:
-        key = path.stem.lower()
-        if key in missing and path.suffix.lower() in SLIDE_SUFFIXES and path.is_file():
-            if key in found:
-                raise VisTumorError(f"{found[key]} and {path} are both slide {missing[key]!r} "
-                                    "(names match ignoring case)", folder)
-            found[key] = path.resolve()
+    missing = {name.lower() for name, entry in slides.items() if entry.path is None}  # names are stems
+    files = [path for path in (sorted(folder.rglob("*")) if missing else [])
+             if slide_name(path) in missing and path.suffix.lower() in SLIDE_SUFFIXES and path.is_file()]
+    found = {slide_name(path): path.resolve() for path in check_distinct(files, folder)}
     return {name: replace(entry, path=found.get(name.lower(), entry.path)) for name, entry in slides.items()}
 
 
