@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 
 from vistumor.data.features import FeatureCache, FeatureDataset, extract
 from vistumor.errors import ConfigError
+from vistumor.explain.methods import explainer
 from vistumor.model import foundation
 from vistumor.model.backbones import create_backbone
 from vistumor.model.checkpoints import load_classifier
@@ -341,3 +342,11 @@ def test_tiny_foundation_multirun_writes_one_table(tiled, tmp_path):
     assert (table["trainable params"] == [2 * 96 + 2, 2 * 2 * 64 + 2]).all()  # the heads: 96 and 2 x 64 wide
     assert all((sweep / str(i) / "slides" / "status.csv").is_file() for i in (0, 1))
     assert (sweep / "comparison.md").read_text().count("| tiny_fm |") == 1
+
+
+def test_grad_cam_plus_plus_maps_through_the_cls_mean_embedding(tiny_trunk):
+    model = tiny(tiny_trunk, pooling="cls_mean").eval()
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    maps = explainer(model, "gradcam++")(images, 1)
+    assert maps.shape == (2, 32, 32) and maps.min() >= 0 and maps.max() <= 1
+    assert (maps.flatten(1).std(dim=1) > 0).all()  # a map over the patch grid, not a constant
