@@ -11,8 +11,10 @@ until the client closes, with no timeout: 300 idle or half-open keep-alive conne
 * gives a worker's socket a ``timeout`` (per read and write), so a client that stops
   half-way through its request line, headers or body frees the worker after that long.
 
-So a slow or silent client costs a file descriptor for ``timeout`` seconds, never a worker,
-and a normal request is answered while hundreds of connections sit idle.
+So a silent client costs a file descriptor for ``timeout`` seconds, never a worker, and a
+normal request is answered while hundreds of connections sit idle. Not covered: a client
+that sends its request a byte at a time, each within ``timeout`` of the last, keeps its
+worker that long (the timeout is per read); ``workers`` such clients delay everyone else.
 """
 
 from __future__ import annotations
