@@ -6,7 +6,8 @@ the level and resized exactly as, a MIL checkpoint's whole-slide inference later
 Bags are kept under ``<cache>/<trunk>-<grid hash>/`` (the hash covers the trunk config, the
 tiling, the stride and the input size), so another trunk or grid never reuses a stale bag,
 and each slide is skipped on a rerun when its bag exists with the same hash and slide
-checksum (``status/<slide>.json`` says done / failed: why; ``status.csv`` lists them all).
+checksum: the shared per-slide runner (:mod:`vistumor.runner`: locks, ``status/<slide>.json``
+done / failed: why, leftovers of killed runs); ``status.csv`` lists them all.
 """
 
 from __future__ import annotations
@@ -25,17 +26,16 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from vistumor.data.bags import FEATURE_DTYPE, read_bag, write_bag
-from vistumor.errors import ConfigError, VisTumorError
-from vistumor.files import atomic_path, exclusive, fingerprint, write_json
+from vistumor.data.bags import FEATURE_DTYPE, write_bag
+from vistumor.errors import VisTumorError
+from vistumor.files import atomic_path, fingerprint
 from vistumor.infer.geometry import SlideGrid, plan_grid
 from vistumor.infer.reader import PatchStream
 from vistumor.infer.slide_run import grid_pixels
+from vistumor.runner import RunSettings, SlideJob, counts, counts_line, run_slides
 from vistumor.wsi.slide import Slide
 
 log = logging.getLogger(__name__)
-
-DONE, SKIPPED, FAILED = "done", "skipped", "failed"
 
 
 @dataclass(frozen=True)
@@ -133,49 +133,52 @@ def extract_bag(slide_path: str | Path, out: str | Path, trunk: TrunkFeatures, t
             "patches_per_s": round(len(grid) / seconds, 2) if seconds else None}
 
 
+@dataclass(frozen=True)
+class BagSlide:
+    """A slide to make a bag of."""
+
+    slide_id: str
+    path: Path
+
+
+class BagJob(SlideJob[BagSlide]):
+    """One slide's bag, run by the shared per-slide runner (:mod:`vistumor.runner`): current
+    when its record holds this grid hash and the slide's checksum and the ``.h5`` exists."""
+
+    desc = "bags"
+
+    def __init__(self, folder: Path, trunk: TrunkFeatures, tiling: Mapping[str, Any], settings: BagSettings,
+                 mpp: float | None = None, mpp_override: str = "missing"):
+        self.folder, self.trunk, self.tiling, self.settings = folder, trunk, tiling, settings
+        self.mpp, self.mpp_override = mpp, mpp_override
+        self.digest = grid_hash(trunk.config, tiling, settings.stride, trunk.input_size)
+
+    def key(self, item: BagSlide) -> dict[str, Any]:
+        return {"grid_hash": self.digest, "slide_checksum": fingerprint(item.path, "fast")}
+
+    def run(self, item: BagSlide) -> dict[str, Any]:
+        out = self.outputs(item)[0]
+        return {"bag": str(out), **extract_bag(item.path, out, self.trunk, self.tiling, self.settings, item.slide_id,
+                                               self.mpp, self.mpp_override, self.key(item)["slide_checksum"])}
+
+    def outputs(self, item: BagSlide) -> list[Path]:
+        return [self.folder / f"{item.slide_id}.h5"]
+
+
 def extract_bags(slides: Sequence[tuple[str, Path]], folder: str | Path, trunk: TrunkFeatures,
                  tiling: Mapping[str, Any], settings: BagSettings = BagSettings(), mpp: float | None = None,
-                 mpp_override: str = "missing") -> list[dict[str, Any]]:
-    """Every slide's bag under ``folder`` (``<slide>.h5``), resumable: a slide whose bag exists
-    with this grid hash and slide checksum is skipped; a slide that fails is recorded with
-    its reason and the others go on. Writes ``status.csv``; returns the records."""
+                 mpp_override: str = "missing", progress: bool = False) -> list[dict[str, Any]]:
+    """Every slide's bag under ``folder`` (``<slide>.h5``) through the shared runner: a slide
+    whose bag exists with this grid hash and slide checksum is skipped; a slide that fails
+    is recorded with its reason and the others go on. Writes ``status.csv``; returns the records."""
     folder = Path(folder)
-    digest = grid_hash(trunk.config, tiling, settings.stride, trunk.input_size)
-    records = [_one(slide_id, Path(path), folder, trunk, tiling, settings, digest, mpp, mpp_override)
-               for slide_id, path in slides]
+    items = [BagSlide(slide_id, Path(path)) for slide_id, path in slides]
+    records = run_slides(items, BagJob(folder, trunk, tiling, settings, mpp, mpp_override),
+                         RunSettings(progress=progress), folder)
     with atomic_path(folder / "status.csv") as tmp:
         pd.DataFrame(records).drop(columns=["dim"], errors="ignore").to_csv(tmp, index=False)
-    failed = [r for r in records if r["status"] == FAILED]
-    for r in failed:
-        log.warning("bag of %s failed: %s", r["slide"], r["reason"])
+    log.info("bags in %s: %s", folder, counts_line(counts(records)))
     return records
-
-
-def _one(slide_id: str, path: Path, folder: Path, trunk: TrunkFeatures, tiling: Mapping[str, Any],
-         settings: BagSettings, digest: str, mpp: float | None, mpp_override: str) -> dict[str, Any]:
-    out = folder / f"{slide_id}.h5"
-    record: dict[str, Any] = {"slide": slide_id, "path": str(path), "bag": str(out), "reason": ""}
-    with exclusive(folder / "locks" / f"{slide_id}.lock"):
-        try:
-            checksum = fingerprint(path, "fast")
-            if _current(out, digest, checksum):
-                return {**record, "status": SKIPPED, "reason": "bag exists with this trunk and grid"}
-            facts = extract_bag(path, out, trunk, tiling, settings, slide_id, mpp, mpp_override, checksum)
-            record.update(facts, status=DONE)
-        except (VisTumorError, OSError) as err:
-            record.update(status=FAILED, reason=str(err))
-        write_json(folder / "status" / f"{slide_id}.json", record)
-    return record
-
-
-def _current(out: Path, digest: str, checksum: str) -> bool:
-    if not out.is_file():
-        return False
-    try:
-        attrs = read_bag(out).attrs
-    except ConfigError:
-        return False
-    return attrs.get("grid_hash") == digest and attrs.get("slide_checksum") == checksum
 
 
 def settings_of(values: Mapping[str, Any] | None) -> BagSettings:
