@@ -261,7 +261,7 @@ def test_the_whole_slide_canvas_is_hot_over_the_blue_tissue(tmp_path):
     image[256:640, 768:1152] = BLUE  # 384 px of blue: a region wider than a 256 px patch
     slide = write_slide(tmp_path / "s.tif", image, downsamples=(2,))
     model = blue_vit()
-    for method in ("gradcam++", "rollout"):
+    for method in ("gradcam++", "gradcam", "attention", "rollout"):
         run = ModelRun(method, ModelScorer(model, torch.device("cpu"), method=method), "x", TILING, SIZE,
                        tmp_path / method)
         run_slide(SlideInput("s", slide), [run], InferParams())

@@ -18,6 +18,7 @@ import json
 import math
 import mmap
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -136,7 +137,7 @@ def reduce_canvas(path: Path, factor: int) -> tuple[np.ndarray, float]:
     for r in range(0, h, 256):
         rows = np.asarray(canvas[r * factor : min(h, r + 256) * factor, : w * factor])
         blocks = rows.reshape(-1, factor, w, factor)
-        with np.errstate(invalid="ignore"), np.testing.suppress_warnings() as sup:
-            sup.filter(RuntimeWarning)
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN block: "mean of empty slice"
             out[r : r + blocks.shape[0]] = np.nanmean(blocks, axis=(1, 3))
     return out, cell_px * factor
