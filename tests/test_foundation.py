@@ -350,3 +350,29 @@ def test_grad_cam_plus_plus_maps_through_the_cls_mean_embedding(tiny_trunk):
     maps = explainer(model, "gradcam++")(images, 1)
     assert maps.shape == (2, 32, 32) and maps.min() >= 0 and maps.max() <= 1
     assert (maps.flatten(1).std(dim=1) > 0).all()  # a map over the patch grid, not a constant
+
+
+def test_table_joins_explain_runs_of_each_checkpoint(tmp_path):
+    """``explain.py`` on the sweep's checkpoints (here: attention maps) adds columns to their rows."""
+    runs = {}
+    for name in ("0", "1"):
+        runs[name] = tmp_path / name
+        (runs[name] / "checkpoints").mkdir(parents=True)
+        metrics = {"model": f"m{name}", "test/auroc": 0.9, "run_dir": str(runs[name])}
+        if name == "1":
+            metrics["test/attention_pointing"] = 0.5  # logged by the run itself: kept
+        (runs[name] / "metrics.json").write_text(json.dumps(metrics))
+
+    def summary(folder, split, checkpoints, pointing):
+        models = {f"m{i}": {"checkpoint": str(c), "score_method": "attention", "cam_pointing": pointing,
+                            "cam_iou": 0.25, "cam_dice": None} for i, c in enumerate(checkpoints)}
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "summary.json").write_text(json.dumps({"split": split, "models": models}))
+
+    summary("explain_test", "test", [runs["0"] / "checkpoints" / "last.ckpt", runs["1"] / "checkpoints" / "x.ckpt"],
+            0.75)
+    summary("explain_val", "val", [runs["0"] / "checkpoints" / "last.ckpt"], 0.1)  # another split
+    summary("explain_other", "test", [tmp_path / "elsewhere" / "checkpoints" / "last.ckpt"], 0.2)
+    table = collect(tmp_path)
+    assert table["attention pointing"].tolist() == [0.75, 0.5]
+    assert table["attention IoU"].tolist() == [0.25, 0.25] and "attention Dice" not in table

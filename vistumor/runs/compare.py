@@ -2,7 +2,8 @@
 
 Localization columns: ``test/cam_*`` (the model's map: Grad-CAM++, or a segmenter's mask) and,
 for every other explanation method a run scored, ``test/<method>_*`` (``attention pointing``,
-``rollout IoU``...): whatever a run wrote shows.
+``rollout IoU``...): whatever a run logged, and what ``explain.py`` runs of its checkpoints on
+the test split scored (their ``summary.json`` below the sweep or run folder).
 
 Written as ``comparison.csv`` and ``comparison.md`` into the sweep folder when a Hydra
 multirun ends (:class:`CompareCallback`), and rebuilt from any folder of finished runs with
@@ -125,7 +126,29 @@ def enrich(row: dict, folder: Path) -> dict:
         row.update({k: v for k, v in intervals.patch_intervals(row["_slides"]).items() if k not in row})
     for evaluation in slide_evaluations(folder, run):
         row.update(evaluation)
+    for key, value in explanation_scores(folder, run).items():
+        row.setdefault(key, value)  # what the run logged itself comes first
     return row
+
+
+def explanation_scores(folder: Path, run: Path) -> dict[str, float]:
+    """Localization scores of ``explain.py`` runs below ``folder`` (or in ``run``) of this run's
+    checkpoints on the test split: ``test/<method>_<score>`` for the method each scored
+    (``python explain.py 'ckpt_path=[...]' methods=[attention]`` gives the attention columns)."""
+    found: dict[str, float] = {}
+    for path in sorted({*folder.rglob("summary.json"), *run.rglob("summary.json")}):
+        try:
+            summary = json.loads(path.read_text())
+        except (json.JSONDecodeError, OSError):
+            continue
+        if not isinstance(summary, dict) or summary.get("split") != "test":
+            continue
+        for model in (summary.get("models") or {}).values():
+            method = model.get("score_method")
+            if method and of_run(model.get("checkpoint"), run):
+                found.update({f"test/{method}_{score}": model[f"cam_{score}"] for score in _CAM_TITLES
+                              if model.get(f"cam_{score}") is not None})
+    return found
 
 
 def slide_evaluations(folder: Path, run: Path) -> list[dict]:
@@ -138,8 +161,7 @@ def slide_evaluations(folder: Path, run: Path) -> list[dict]:
         if not description.is_file():
             continue
         models = {m["name"]: m for m in json.loads(description.read_text()).get("models", [])}
-        checkpoint = Path(models.get(model_dir.name, {}).get("checkpoint", ""))
-        if checkpoint.parent.name != "checkpoints" or checkpoint.parent.parent.resolve() != run.resolve():
+        if not of_run(models.get(model_dir.name, {}).get("checkpoint"), run):
             continue
         data = json.loads(path.read_text())
         scores = pd.read_csv(model_dir / "slides.csv", dtype={"slide": str})
@@ -149,6 +171,12 @@ def slide_evaluations(folder: Path, run: Path) -> list[dict]:
                       "_slide_scores": {s: (CLASSES[lab], float(v)) for s, lab, v in
                                         zip(scores["slide"], scores["label"], scores["score"], strict=True)}})
     return found
+
+
+def of_run(checkpoint: str | None, run: Path) -> bool:
+    """Whether ``checkpoint`` is one of training run ``run``'s (``<run>/checkpoints/*.ckpt``)."""
+    path = Path(str(checkpoint or ""))
+    return path.parent.name == "checkpoints" and path.parent.parent.resolve() == run.resolve()
 
 
 def compare_with_best(rows: list[dict]) -> None:
