@@ -27,6 +27,7 @@ import difflib
 import functools
 import logging
 import socket
+import sys
 import threading
 import urllib.request
 from collections.abc import Iterator
@@ -124,6 +125,9 @@ class _Build:
         architecture fail instead of half-loading."""
         model = self.create(False)
         head = _head_keys(model)
+        convert = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
+        if convert is not None:  # timm's own key conversions (DINOv2's mask_token, resized pos_embed)
+            state = convert(state, model)
         state = {k: v for k, v in state.items() if k not in head}
         try:
             result = model.load_state_dict(state, strict=False)
