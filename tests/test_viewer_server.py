@@ -161,7 +161,8 @@ def test_slides_keeps_the_files_where_run_json_says(tiny_run, tmp_path):  # noqa
 def test_slides_refuses_a_missing_folder_and_two_files_of_one_slide(tiny_run, tmp_path, capsys):  # noqa: F811
     run, archive = moved_run(tiny_run, tmp_path)
     assert main([str(run), "--slides", str(tmp_path / "nowhere"), "--port", "0"]) == 2
-    assert "--slides: folder not found" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("error: --slides: ") and "nowhere: folder not found" in err
     shutil.copy(archive / "tumor" / "TUMOR_001.TIF", archive / "normal" / "tumor_001.svs")
     assert main([str(run), "--slides", str(archive), "--port", "0"]) == 2
     err = capsys.readouterr().err

@@ -24,9 +24,8 @@ import yaml
 from vistumor.errors import AnnotationError, VisTumorError
 from vistumor.evaluate.camelyon16 import report
 from vistumor.wsi.annotations import read_annotations
-from vistumor.wsi.catalog import check_distinct, slide_name
+from vistumor.wsi.catalog import locate_slides
 from vistumor.wsi.geojson import read_geojson
-from vistumor.wsi.slide import SLIDE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
@@ -245,17 +244,16 @@ def _slides(described: list[dict], bases: list[Path]) -> dict[str, SlideEntry]:
 
 
 def relocate(slides: dict[str, SlideEntry], folder: Path) -> dict[str, SlideEntry]:
-    """``slides`` with each missing file found under ``folder`` (sub-folders too) by the
-    slide catalog's rule: a slide file whose stem is the slide's name, ignoring case
-    (:func:`~vistumor.wsi.catalog.slide_name`). A file found where ``run.json`` says is kept.
-    Two candidates for one slide are refused in one line naming both."""
-    if not folder.is_dir():
-        raise VisTumorError("--slides: folder not found", folder)
-    missing = {name.lower() for name, entry in slides.items() if entry.path is None}  # names are stems
-    files = [path for path in (sorted(folder.rglob("*")) if missing else [])
-             if slide_name(path) in missing and path.suffix.lower() in SLIDE_SUFFIXES and path.is_file()]
-    found = {slide_name(path): path.resolve() for path in check_distinct(files, folder)}
-    return {name: replace(entry, path=found.get(name.lower(), entry.path)) for name, entry in slides.items()}
+    """``slides`` with each missing file found under ``folder`` (sub-folders too) by the slide
+    catalog's rule (:func:`~vistumor.wsi.catalog.locate_slides`: the stem is the slide's name,
+    ignoring case). A file found where ``run.json`` says is kept; two candidates for one slide
+    are refused in one line naming both."""
+    try:
+        found = locate_slides(folder, [name for name, entry in slides.items() if entry.path is None])
+    except VisTumorError as err:
+        raise VisTumorError(f"--slides: {err}") from err
+    return {name: replace(entry, path=found[name].resolve()) if name in found else entry
+            for name, entry in slides.items()}
 
 
 def _models(described: list[dict], root: Path) -> dict[str, ModelEntry]:
