@@ -58,14 +58,17 @@ class BagSettings:
 class TrunkFeatures:
     """A frozen trunk as a patch embedder: ``uint8`` patches ``(n, h, w, 3)`` at any read
     size -> features ``(n, D)`` float32. Built from a model config (``model.trunk``: any
-    ``conf/model`` entry whose target has ``features(images)`` and ``input_size``)."""
+    ``conf/model`` entry whose target has ``features(images)`` and ``input_size``). Built under
+    a fixed seed: a trunk without pretrained weights embeds at inference as it did for the bags."""
 
     def __init__(self, trunk_cfg: Mapping[str, Any], device: torch.device | str = "cpu"):
         from hydra.utils import instantiate
 
         self.config = dict(trunk_cfg)
         self.device = torch.device(device)
-        self.model = instantiate(self.config, _convert_="all").to(self.device).eval()
+        with torch.random.fork_rng(devices=[]):  # a random-init trunk (tests) is the same every time
+            torch.manual_seed(0)
+            self.model = instantiate(self.config, _convert_="all").to(self.device).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.name = str(self.config.get("backbone", type(self.model).__name__))

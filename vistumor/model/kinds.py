@@ -25,6 +25,8 @@ class ModelKind(StrEnum):
     CLASSIFIER = "classifier"
     #: a U-Net whose own predicted mask is its map
     SEGMENTER = "segmenter"
+    #: attention MIL on bags of trunk features, trained on slide labels (vistumor.model.mil)
+    MIL = "mil"
 
 
 def model_kind(source: Any) -> ModelKind:

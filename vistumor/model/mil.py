@@ -25,9 +25,10 @@ import torch.nn.functional as F
 from vistumor.data.epochs import stream_seed
 from vistumor.errors import ConfigError
 from vistumor.model.aggregators import CLAMSB, MILOutput, build_aggregator
+from vistumor.model.kinds import KIND_KEY, ModelKind, model_kind
 from vistumor.model.metrics import StageMetrics, key
 
-KIND = "mil"
+KIND = ModelKind.MIL
 STAGES = ("train", "val", "test")
 
 
@@ -42,7 +43,9 @@ class MILClassifier(L.LightningModule):
         backbone: the trunk's backbone name (what run names and tables show).
         instance_weight, instance_k: CLAM-SB's instance loss weight and top/bottom k.
         seed: the dropout streams' seed.
-        model_kind: recorded in checkpoints (``mil``; what the checkpoint loader dispatches on).
+        split: the run's ``split.csv`` (slide, label, split, bag, path, annotation): what
+            ``infer.py slides=test`` runs a MIL checkpoint on.
+        model_kind: recorded in checkpoints (:class:`~vistumor.model.kinds.ModelKind` ``mil``).
     """
 
     kind = KIND
@@ -52,7 +55,7 @@ class MILClassifier(L.LightningModule):
         dropout: float = 0.25, threshold: float = 0.5, instance_weight: float = 0.0, instance_k: int = 8,
         optimizer: Callable | None = None, scheduler: Callable | None = None, trunk: dict | None = None,
         tiling: dict | None = None, backbone: str | None = None, bags: str | None = None, seed: int = 0,
-        model_kind: str = KIND,
+        split: str | None = None, model_kind: str = KIND.value,
     ):
         super().__init__()
         if in_dim <= 0:
@@ -63,7 +66,7 @@ class MILClassifier(L.LightningModule):
             backbone = trunk.get("backbone")
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.hparams.backbone = backbone or "bags"
-        self.hparams.model_kind = KIND
+        self.hparams[KIND_KEY] = KIND.value
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.net = build_aggregator(aggregator, in_dim, hidden_dim, attention_dim, dropout)
         self.metrics = torch.nn.ModuleDict({f"{s}_metrics": StageMetrics(s, threshold) for s in STAGES})
@@ -144,8 +147,8 @@ class MILClassifier(L.LightningModule):
 
 
 def is_mil(hparams: dict) -> bool:
-    """Whether a checkpoint's hyper-parameters are a MIL model's."""
-    return "aggregator" in hparams
+    """Whether a checkpoint's hyper-parameters are a MIL model's (its recorded kind)."""
+    return model_kind(hparams) == KIND
 
 
 def load_mil(path: str | Path, device: str | torch.device = "cpu") -> MILClassifier:
@@ -155,9 +158,9 @@ def load_mil(path: str | Path, device: str | torch.device = "cpu") -> MILClassif
     ckpt = read_checkpoint(path)
     hparams = ckpt["hyper_parameters"]
     if not is_mil(hparams):
-        raise ConfigError("not a MIL checkpoint (no aggregator)", path)
+        raise ConfigError(f"a {model_kind(hparams).value} checkpoint, not a MIL model's", path)
     try:
-        model = MILClassifier(**hparams)
+        model = MILClassifier(**{k: v for k, v in hparams.items() if k != KIND_KEY})
         model.load_state_dict(ckpt["state_dict"])
     except (TypeError, RuntimeError) as err:
         raise ConfigError(f"MIL checkpoint does not load ({str(err).splitlines()[0]})", path) from err

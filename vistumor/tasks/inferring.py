@@ -28,8 +28,9 @@ from vistumor.infer.params import (
 )
 from vistumor.infer.slide_run import ModelRun
 from vistumor.labels import name
-from vistumor.model.checkpoints import load_classifier
+from vistumor.model.checkpoints import load_classifier, read_checkpoint
 from vistumor.model.devices import inference_device
+from vistumor.model.mil import is_mil
 from vistumor.runner import RunSettings, counts, counts_line
 from vistumor.tasks.slide_evaluation import evaluate_run
 from vistumor.tasks.tiling import ensure_dataset
@@ -82,6 +83,9 @@ def infer_params(cfg: DictConfig) -> InferParams:
 
 def load_models(paths: list[str], device, out: Path, params: InferParams) -> list[ModelRun]:
     """Every checkpoint, checked and loaded before any slide is read, with its patch geometry."""
+    if any(is_mil(read_checkpoint(p)["hyper_parameters"]) for p in paths):  # slide-label models
+        from vistumor.tasks.mil_slides import load_with_mil
+        return load_with_mil(paths, device, out, params, load_models)
     loaded = [load_classifier(p, device) for p in paths]
     names = [n.replace("#", "-") for n in unique_names([m.hparams.backbone for m in loaded])]
     return [ModelRun(name, ModelScorer(model, device, params.cam.target_layer, params.precision,
@@ -108,6 +112,9 @@ def slide_inputs(cfg: DictConfig, models: list[ModelRun]) -> list[inputs.SlideIn
     given = plain(cfg.slides)
     if isinstance(given, list):
         items = inputs.from_files(given, cfg.get("annotations"))
+    elif given in inputs.SPLITS and models[0].kind == "attention":  # a MIL checkpoint's split.csv
+        from vistumor.tasks.mil_slides import split_inputs
+        items = split_inputs(models[0].manifest, given)
     elif given in inputs.SPLITS:
         if not models[0].manifest:
             raise ConfigError(f"slides={given} needs a checkpoint trained from a manifest; give slide files",

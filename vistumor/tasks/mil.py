@@ -179,7 +179,7 @@ def build_mil_model(cfg: DictConfig, dim: int, tiling: dict | None, folder: Path
     trunk = plain(cfg.model.trunk) if tiling is not None and "trunk" in cfg.model else None
     try:
         return MILClassifier(**values, **factories, in_dim=dim, trunk=trunk, tiling=tiling, bags=str(folder),
-                             seed=int(cfg.get("seed") or 0))
+                             seed=int(cfg.get("seed") or 0), split=str(Path(cfg.paths.output_dir) / "split.csv"))
     except TypeError as err:
         raise ConfigError(f"model: {err}") from err
 

@@ -4,9 +4,11 @@ lesions, detections, slide AUC and FROC) and the attention's cell scores on anno
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from omegaconf import DictConfig
 
 from vistumor.data.bags import BagItem
@@ -18,9 +20,33 @@ from vistumor.infer.params import InferParams
 from vistumor.infer.slide_run import ModelRun
 from vistumor.labels import TUMOR
 from vistumor.model import devices
-from vistumor.model.mil import load_mil
+from vistumor.model.checkpoints import read_checkpoint
+from vistumor.model.mil import is_mil, load_mil
 
 log = logging.getLogger(__name__)
+
+
+def load_with_mil(paths: list[str], device, out: Path, params: InferParams, load_models) -> list[ModelRun]:
+    """The checkpoints of an infer run when some are MIL models: those as :func:`mil_model_run`,
+    the others by ``load_models`` (the patch models' loader); names made unique."""
+    from vistumor.explain.report import unique_names
+
+    runs = [mil_model_run(p, device, out) if is_mil(read_checkpoint(p)["hyper_parameters"])
+            else load_models([p], device, out, params)[0] for p in paths]
+    names = [n.replace("#", "-") for n in unique_names([r.name for r in runs])]
+    return [replace(r, name=n, folder=out / "models" / n) for r, n in zip(runs, names, strict=True)]
+
+
+def split_inputs(split_csv: str | Path | None, split: str) -> list[SlideInput]:
+    """The slides of split ``split`` of a MIL run's ``split.csv`` (the checkpoint records it)."""
+    if not split_csv or not Path(split_csv).is_file():
+        raise ConfigError(f"slides={split} needs the MIL run's split.csv ({split_csv}); give slide files")
+    table = pd.read_csv(split_csv, dtype={"slide": str}, keep_default_na=False)
+    chosen = table[table["split"] == split]
+    if chosen.empty or not all(chosen["path"]):
+        raise ConfigError(f"no slide files in split '{split}'", split_csv)
+    return [SlideInput(r.slide, Path(r.path), int(r.label), Path(r.annotation) if r.annotation else None)
+            for r in chosen.itertuples()]
 
 
 def mil_model_run(path: str | Path, device, out: Path, name: str | None = None) -> ModelRun:
@@ -33,7 +59,7 @@ def mil_model_run(path: str | Path, device, out: Path, name: str | None = None) 
         raise ConfigError("MIL checkpoint records no trunk config: cannot embed patches", path)
     scorer = MILScorer(model, device)
     name = name or f"{model.hparams.aggregator}-{model.hparams.backbone}"
-    return ModelRun(name, scorer, str(path), tiling, scorer.size, out / "models" / name)
+    return ModelRun(name, scorer, str(path), tiling, scorer.size, out / "models" / name, model.hparams.get("split"))
 
 
 def slide_inputs(items: list[BagItem], split: str) -> list[SlideInput]:
