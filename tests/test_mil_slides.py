@@ -73,9 +73,9 @@ def test_training_runs_the_held_out_slides_through_the_whole_slide_pass(mil_run)
         for kind, suffix in (("lesions", ".geojson"), ("detections", ".csv"), ("figures", ".png")):
             assert (model_dir / kind / f"{slide}{suffix}").is_file()
     for name in ("pointing", "energy", "iou", "dice", "auroc"):
-        assert f"test/attention_{name}" in result
-    assert result["test/attention_slides"] == 1  # the one tumor test slide
-    assert 0.0 <= result["test/attention_auroc"] <= 1.0
+        assert f"test/heatmap_cell_{name}" in result
+    assert result["test/heatmap_cell_slides"] == 1  # the one tumor test slide
+    assert 0.0 <= result["test/heatmap_cell_auroc"] <= 1.0
 
 
 def test_infer_py_runs_a_mil_checkpoint_on_its_test_split(mil_run):

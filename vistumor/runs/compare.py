@@ -28,6 +28,7 @@ from vistumor.errors import VisTumorError, user_error
 from vistumor.evaluate.camelyon16 import report
 from vistumor.explain import localization, methods
 from vistumor.files import write_text
+from vistumor.infer import cell_scores
 from vistumor.labels import CLASSES
 from vistumor.model import metrics
 from vistumor.runner import DONE
@@ -54,6 +55,7 @@ COLUMNS = {
     **{metrics.key("test", name): title for name, title in _SLIDE_TITLES.items()},
     "vs_best": "vs best (paired, slides)",
     **{metrics.key("test", f"cam_{name}"): title for name, title in _CAM_TITLES.items()},
+    **cell_scores.COLUMNS,  # whole-slide maps vs annotations, per cell (MIL: the attention heatmap)
     "params_trainable": "trainable params",
     "params_total": "total params",
     "images_per_s": "images/s",
@@ -169,7 +171,8 @@ def slide_evaluations(folder: Path, run: Path) -> list[dict]:
         found.append({"test/slide_auc": data["auc"], f"test/slide_auc{CI}": data["auc_ci95"],
                       "test/froc": data["froc"], f"test/froc{CI}": data.get("froc_ci95"),
                       "_slide_scores": {s: (CLASSES[lab], float(v)) for s, lab, v in
-                                        zip(scores["slide"], scores["label"], scores["score"], strict=True)}})
+                                        zip(scores["slide"], scores["label"], scores["score"], strict=True)},
+                      **cell_scores.scores_of_run(model_dir, description)})
     return found
 
 

@@ -72,7 +72,7 @@ def slide_inputs(items: list[BagItem], split: str) -> list[SlideInput]:
 
 def mil_whole_slides(cfg: DictConfig, ckpt: str, items: list[BagItem], split: str) -> dict[str, Any]:
     """The checkpoint over split ``split``'s slides in ``<run>/slides``: what the comparison
-    table reads (slide AUC, FROC) and the attention cell scores (``test/attention_*``)."""
+    table reads (slide AUC, FROC) and the attention heatmap's cell scores (``test/heatmap_cell_*``)."""
     from vistumor.tasks.inferring import run_models
 
     out = Path(cfg.paths.output_dir) / "slides"
@@ -84,6 +84,6 @@ def mil_whole_slides(cfg: DictConfig, ckpt: str, items: list[BagItem], split: st
     if "skipped" in evaluation:
         log.warning("%s: slide evaluation skipped: %s", run.name, evaluation["skipped"])
     annotated = [(s.slide_id, s.annotation) for s in inputs if s.label == TUMOR and s.annotation]
-    cells = run_cell_scores(run.folder, annotated, groups=run.annotation_groups)
+    cells = run_cell_scores(run.folder, annotated, "heatmaps", run.annotation_groups)
     log.info("attention vs annotation over %d tumor slides: %s", len(annotated), cells)
     return {"slides_run": str(out), **{k: v for k, v in evaluation.items() if k.startswith("test/")}, **cells}
