@@ -98,3 +98,16 @@ def test_the_comparison_table_shows_the_mil_run(mil_run):
     row = collect(root / "run").iloc[0]
     assert row["kind"] == "mil" and row["model"] == "abmil/test_resnet"
     assert row["AUROC"] == result["test/auroc"]
+
+
+def test_the_viewer_shows_the_attention_heatmap(mil_run):
+    from vistumor.viewer.layers import ATTENTION_TITLE, HeatTiles, describe
+    from vistumor.viewer.run import RunFolder
+    from vistumor.viewer.tiles import ByteLRU
+
+    root, _ = mil_run
+    run = RunFolder(root / "run" / "slides")
+    model = next((root / "run" / "slides" / "models").iterdir()).name
+    slide = run.slides[0] if isinstance(run.slides, list) else next(iter(run.slides))
+    layer = describe(HeatTiles(run, ByteLRU(1 << 20)), model, slide)["probability"]
+    assert layer["available"] and layer["title"] == ATTENTION_TITLE and layer["vmax"] == 1.0

@@ -28,6 +28,8 @@ COLORMAPS = {"probability": COLORMAP, "cam": "turbo"}
 TITLES = {"probability": "tumor probability", "cam": "Grad-CAM++ (probability-weighted)"}
 #: a segmentation model's ``cams/`` holds its stitched mask (sidecar ``value`` says so)
 MASK_TITLE = "segmentation mask (tumor probability)"
+#: a MIL model's ``heatmaps/`` holds its attention, normalised per slide (vistumor.infer.attention)
+ATTENTION_TITLE = "MIL attention (slide maximum = 1)"
 #: below ``FLOOR`` (of vmax) a value is transparent; opacity rises to full over ``FADE`` above it
 FLOOR, FADE = 0.05, 0.25
 PNG_LEVEL = 1  # zlib level: fast; these tiles are mostly flat colour and compress well anyway
@@ -122,7 +124,9 @@ class HeatTiles:
             found = self._layers.get(key)
         if found is None:
             path, sidecar = self.run.layer_files(model, layer, slide)
-            title = MASK_TITLE if "segmentation" in str(sidecar.get("value", "")) else TITLES[layer]
+            value = str(sidecar.get("value", ""))
+            title = MASK_TITLE if "segmentation" in value else ATTENTION_TITLE if "attention" in value \
+                else TITLES[layer]
             found = HeatLayer(np.load(path, mmap_mode="r"), MapGrid.of(sidecar), self.vmax(layer, sidecar, model),
                               COLORMAPS[layer], sidecar.get("cell_size_um"), title)
             if found.values.ndim != 2:
