@@ -17,9 +17,9 @@ from vistumor.runner import (
     SKIPPED,
     RunSettings,
     SlideJob,
-    collect,
     counts,
     counts_line,
+    merge_records,
     run_one,
     run_slides,
 )
@@ -124,12 +124,12 @@ def test_shards_share_the_slides_round_robin_and_collect_merges_them(tmp_path):
     job = UpperJob(tmp_path / "out")
     first = run_slides(slides, job, RunSettings(shard_index=0, num_shards=2, progress=False), job.out)
     assert [r["slide"] for r in first] == ["s0", "s2", "s4"]
-    merged = collect(slides, job, job.out)
+    merged = merge_records(slides, job, job.out)
     assert [r["status"] for r in merged] == [DONE, PENDING, DONE, PENDING, DONE]
     assert merged[1] == {"slide": "s1", "path": str(slides[1].path), "status": PENDING, "reason": "not run yet"}
     second = run_slides(slides, job, RunSettings(shard_index=1, num_shards=2, progress=False), job.out)
     assert [r["slide"] for r in second] == ["s1", "s3"]
-    assert [r["status"] for r in collect(slides, job, job.out, second)] == [DONE] * 5
+    assert [r["status"] for r in merge_records(slides, job, job.out, second)] == [DONE] * 5
 
 
 def test_workers_give_the_records_of_one_process(tmp_path):

@@ -17,7 +17,7 @@ A stage describes its unit of work as a :class:`SlideJob` and hands the runner i
     settings = build(RunSettings, values, "run").check_stage("extract", "run")
     records = run_slides(items, BagJob(...), settings, out)   # this shard's slides
     if settings.merges:
-        statuses = collect(items, job, out, records)           # every slide: done/failed/pending
+        statuses = merge_records(items, job, out, records)     # every slide: done/failed/pending
     log.info(counts_line(counts(records)))                     # "done 5, skipped 2, failed 1"
 
 An entry script ends with exit status 1 when a slide failed (:func:`vistumor.cli.run_task`
@@ -36,7 +36,7 @@ What the runner guarantees, per slide (``item`` has a ``slide_id`` and a ``path`
   each output and the record) are removed before the slide is looked at; the record is
   written last and atomically, so its presence means the slide is finished (or failed);
 - **shards**: :meth:`RunSettings.mine` is a round-robin share of the sorted slide list, so
-  ``num_shards`` array jobs cover every slide once; :func:`collect` then merges the records.
+  ``num_shards`` array jobs cover every slide once; :func:`merge_records` then merges the records.
 """
 
 from __future__ import annotations
@@ -257,7 +257,7 @@ def check_unique(slide_ids: Iterable[str]) -> None:
         seen[slide_id.lower()] = slide_id
 
 
-def collect(items: Sequence[Item], job: SlideJob[Item], out: str | Path,
+def merge_records(items: Sequence[Item], job: SlideJob[Item], out: str | Path,
             records: Sequence[dict] | None = None) -> list[dict]:
     """The merge of a (sharded) run: every slide's record in input order, this call's
     ``records`` where given, else the saved one, else ``pending``."""

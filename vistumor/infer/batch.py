@@ -23,14 +23,14 @@ from vistumor.infer.inputs import SlideInput
 from vistumor.infer.params import InferParams
 from vistumor.infer.slide_run import OUTPUTS, ModelRun, run_slide
 from vistumor.labels import name
-from vistumor.runner import DONE, SKIPPED, RunSettings, SlideJob, collect, run_one, run_slides
+from vistumor.runner import DONE, SKIPPED, RunSettings, SlideJob, merge_records, run_one, run_slides
 
 log = logging.getLogger(__name__)
 
 SLIDE_COLUMNS = ["slide", "score", "label", "patches", "seconds", "status", "lesions", "detections",
                  "largest_lesion_mm2", "reason"]
 #: the work stage of infer's ``run.stage`` (besides ``all`` and ``merge``)
-WORK = "infer"
+INFER_STAGE = "infer"
 
 
 @dataclass
@@ -83,7 +83,7 @@ def merge_tables(items: Sequence[SlideInput], models: Sequence[ModelRun], out: P
                  records: Sequence[dict] | None = None, run_scale: bool = False) -> dict[str, Path]:
     """``status.csv`` (one row per slide) and each model's ``slides.csv``; with ``run_scale``
     (``cam.normalize=run``) each model's CAM sidecars also get the run's ``run_scale``."""
-    rows = collect(items, InferJob(models, InferParams()), out, records)
+    rows = merge_records(items, InferJob(models, InferParams()), out, records)
     written = {"status": _write_csv(out / "status.csv", pd.DataFrame(
         [{k: r.get(k) for k in ("slide", "status", "reason", "seconds", "label", "path")} for r in rows]))}
     for m in models:

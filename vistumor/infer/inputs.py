@@ -14,8 +14,6 @@ from vistumor.labels import CLASSES, parse_label
 from vistumor.tiling.manifest import read_meta, slides_in
 from vistumor.wsi.catalog import Annotations, glob_slides, slide_files
 
-SPLITS = ("train", "val", "test")
-
 
 @dataclass(frozen=True)
 class SlideInput:

@@ -15,7 +15,7 @@ from vistumor.errors import ConfigError
 from vistumor.explain.report import unique_names
 from vistumor.files import write_json
 from vistumor.infer import inputs
-from vistumor.infer.batch import WORK, infer_slides, merge_tables
+from vistumor.infer.batch import INFER_STAGE, infer_slides, merge_tables
 from vistumor.infer.engine import ModelScorer
 from vistumor.infer.params import (
     CamSettings,
@@ -35,6 +35,7 @@ from vistumor.runner import RunSettings, counts, counts_line
 from vistumor.tasks.slide_evaluation import evaluate_run
 from vistumor.tasks.tiling import ensure_dataset
 from vistumor.tiling.manifest import read_meta
+from vistumor.tiling.sampling import SPLITS
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ log = logging.getLogger(__name__)
 def infer(cfg: DictConfig) -> dict[str, Any]:
     """Run the checkpoints over the slides; returns a summary (also ``run.json``)."""
     params = infer_params(cfg)
-    run = build(RunSettings, plain(cfg.run), "run").check_stage(WORK, "run")
+    run = build(RunSettings, plain(cfg.run), "run").check_stage(INFER_STAGE, "run")
     out = Path(cfg.paths.output_dir)
     models = load_models(checkpoint_paths(cfg), inference_device(cfg.device), out, params)
     items = slide_inputs(cfg, models)
@@ -112,10 +113,10 @@ def slide_inputs(cfg: DictConfig, models: list[ModelRun]) -> list[inputs.SlideIn
     given = plain(cfg.slides)
     if isinstance(given, list):
         items = inputs.from_files(given, cfg.get("annotations"))
-    elif given in inputs.SPLITS and models[0].kind == "attention":  # a MIL checkpoint's split.csv
+    elif given in SPLITS and models[0].kind == "attention":  # a MIL checkpoint's split.csv
         from vistumor.tasks.mil_slides import split_inputs
         items = split_inputs(models[0].manifest, given)
-    elif given in inputs.SPLITS:
+    elif given in SPLITS:
         if not models[0].manifest:
             raise ConfigError(f"slides={given} needs a checkpoint trained from a manifest; give slide files",
                               models[0].checkpoint)

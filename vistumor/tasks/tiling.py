@@ -13,7 +13,7 @@ from vistumor.config import build, build_parts, plain
 from vistumor.errors import ConfigError
 from vistumor.runner import RunSettings, counts, counts_line
 from vistumor.tiling import catalog
-from vistumor.tiling.jobs import WORK, TilingChecks, tile_slides
+from vistumor.tiling.jobs import TILE_STAGE, TilingChecks, tile_slides
 from vistumor.tiling.merge import manifest_spec, merge_manifest, write_status_table
 from vistumor.tiling.params import GridParams, LabelParams, TilingParams
 from vistumor.tiling.sampling import SamplingParams, SplitParams
@@ -87,7 +87,7 @@ def spec(cfg: DictConfig) -> dict:
 def run_settings(cfg: DictConfig) -> tuple[RunSettings, TilingChecks]:
     """``tiling.run``: the runner's settings and what tiling checks as it goes."""
     settings, checks = build_parts(plain(cfg.tiling.run), "tiling.run", RunSettings, TilingChecks)
-    return settings.check_stage(WORK, "tiling.run"), checks
+    return settings.check_stage(TILE_STAGE, "tiling.run"), checks
 
 
 def tile(cfg: DictConfig) -> dict:

@@ -27,7 +27,7 @@ from vistumor.tiling.verify import verify_tiles
 
 CHECKSUMS = ("fast", "full")
 #: the work stage of ``tiling.run.stage`` (besides ``all`` and ``merge``)
-WORK = "tile"
+TILE_STAGE = "tile"
 
 
 @dataclass(frozen=True)

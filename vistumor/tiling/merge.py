@@ -17,7 +17,7 @@ import pandas as pd
 
 from vistumor.errors import ManifestError
 from vistumor.files import atomic_path
-from vistumor.runner import DONE, FAILED, PENDING, SKIPPED, collect
+from vistumor.runner import DONE, FAILED, PENDING, SKIPPED, merge_records
 from vistumor.tiling.catalog import SlideRecord
 from vistumor.tiling.jobs import SlideStore, TilingJob
 from vistumor.tiling.manifest import write_manifest
@@ -62,7 +62,7 @@ def merge_manifest(
         store_dir: where the per-slide results are (default: ``out_dir``).
     """
     store = SlideStore(store_dir or out_dir)
-    statuses = collect(records, TilingJob(params, store.root), store.root, statuses)
+    statuses = merge_records(records, TilingJob(params, store.root), store.root, statuses)
     write_status_table(out_dir, statuses)
     ok = [s for s in statuses if s["status"] in (DONE, SKIPPED) and s.get("params_hash") == params.hash]
     failed = [s for s in statuses if s["status"] == FAILED]
