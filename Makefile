@@ -17,7 +17,7 @@ DEMO := outputs/demo
 FALLBACK ?= random
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo demo-seg data tile train sweep explain infer evaluate test test-slow lint bench clean
+.PHONY: help install demo demo-seg demo-mil data tile train sweep explain infer evaluate test test-slow lint bench clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -43,6 +43,12 @@ demo-seg: $(STAMP) ## After make demo: the U-Net variant on the same patches and
 	$(PY) infer.py ckpt_path=$(DEMO)/seg/train/checkpoints/last.ckpt data=synthetic_test slides=all lesions.source=mask hydra.run.dir=$(DEMO)/seg/infer_mask
 	$(PY) infer.py ckpt_path=$(DEMO)/seg/train/checkpoints/last.ckpt data=synthetic_test slides=all hydra.run.dir=$(DEMO)/seg/infer_heatmap
 	$(PY) -m vistumor.compare $(DEMO)
+
+MIL := outputs/demo-mil
+demo-mil: $(STAMP) ## Slide labels only: 40 small synthetic slides -> bags (Lite0) -> ABMIL -> held-out slides -> compare
+	$(PY) train.py experiment=mil hydra.run.dir=$(MIL)/train $(ARGS)
+	$(PY) -m vistumor.compare $(MIL)
+	@echo "demo-mil outputs: $(MIL)/train (metrics, split.csv, slides/: attention heatmaps, lesions, evaluation), $(MIL)/comparison.md"
 
 data: $(STAMP) ## Generate the synthetic CAMELYON16-like dataset into data/synthetic (as conf/data/synthetic.yaml)
 	$(PY) -m vistumor.synthetic --root data/synthetic --workers 2 $(ARGS)
