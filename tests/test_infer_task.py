@@ -122,6 +122,9 @@ def test_slides_whose_names_differ_only_by_case_stop_the_run_before_anything_is_
     (("slides=/nowhere",), "slide file or folder not found"),
     (("score.method=median",), "infer.score.method must be one of"),
     (("data.mpp_override=sometimes",), "data.mpp_override must be one of"),
+    (("+run.workers=2",), r"unknown key\(s\) \['workers'\] in run; known"),
+    (("run.stage=extract",), "run.stage must be all, infer or merge, got 'extract'"),
+    (("run.num_shards=2", "run.shard_index=2"), r"shard_index=2 must be in \[0, num_shards=2\)"),
 ])
 def test_bad_input_is_one_line_before_any_slide_is_read(trained, tmp_path, overrides, message):
     with pytest.raises(ConfigError, match=message):

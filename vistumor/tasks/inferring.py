@@ -39,11 +39,24 @@ from vistumor.tiling.sampling import SPLITS
 
 log = logging.getLogger(__name__)
 
+#: the keys of infer's ``run`` (of :class:`~vistumor.runner.RunSettings`)
+RUN_KEYS = ("shard_index", "num_shards", "stage", "progress")
+
+
+def run_settings(cfg: DictConfig) -> RunSettings:
+    """``run``: the runner's settings a whole-slide run takes (one slide at a time: the pass
+    itself is parallel, so no ``workers``; no ``strict``: the tables always list every slide)."""
+    values = plain(cfg.run)
+    unknown = sorted(set(values) - set(RUN_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown key(s) {unknown} in run; known: {list(RUN_KEYS)}")
+    return build(RunSettings, values, "run").check_stage(INFER_STAGE, "run")
+
 
 def infer(cfg: DictConfig) -> dict[str, Any]:
     """Run the checkpoints over the slides; returns a summary (also ``run.json``)."""
     params = infer_params(cfg)
-    run = build(RunSettings, plain(cfg.run), "run").check_stage(INFER_STAGE, "run")
+    run = run_settings(cfg)
     out = Path(cfg.paths.output_dir)
     models = load_models(checkpoint_paths(cfg), inference_device(cfg.device), out, params)
     items = slide_inputs(cfg, models)
