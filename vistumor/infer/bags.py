@@ -26,8 +26,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from vistumor.data.bags import FEATURE_DTYPE, write_bag
-from vistumor.errors import VisTumorError
+from vistumor.data.bags import FEATURE_DTYPE, read_bag, write_bag
+from vistumor.errors import ConfigError, VisTumorError
 from vistumor.files import atomic_path, fingerprint
 from vistumor.infer.geometry import SlideGrid, plan_grid
 from vistumor.infer.reader import PatchStream
@@ -166,6 +166,15 @@ class BagJob(SlideJob[BagSlide]):
 
     def outputs(self, item: BagSlide) -> list[Path]:
         return [self.folder / f"{item.slide_id}.h5"]
+
+    def current(self, previous: Mapping[str, Any], key: Mapping[str, Any]) -> bool:
+        """The bag itself records what made it (its attributes), so a done bag is current when
+        they match ``key``, whatever else the record holds."""
+        try:
+            attrs = read_bag(previous.get("bag") or "").attrs
+        except ConfigError:
+            return False
+        return all(attrs.get(k) == v for k, v in key.items())
 
 
 def extract_bags(slides: Sequence[tuple[str, Path]], folder: str | Path, trunk: TrunkFeatures,
