@@ -98,6 +98,7 @@ def test_the_comparison_table_shows_the_mil_run(mil_run):
     row = collect(root / "run").iloc[0]
     assert row["kind"] == "mil" and row["model"] == "abmil/test_resnet"
     assert row["AUROC"] == result["test/auroc"]
+    assert row["heatmap cell AUROC"] == result["test/heatmap_cell_auroc"]  # the attention vs the annotation
 
 
 def test_the_viewer_shows_the_attention_heatmap(mil_run):
