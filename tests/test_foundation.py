@@ -296,6 +296,7 @@ def test_foundation_sweep_composes_every_model(tmp_path):
         assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
         assert str(cfg.hydra.sweeper.params.model).split(",") == SWEPT
         assert cfg.slides == "test" and cfg.callbacks.feature_cache.dtype == "float16"
+        assert cfg.callbacks.feature_cache.batch_size == 128
         assert "cam" in cfg.callbacks
         assert cfg.hydra.callbacks.compare._target_ == "vistumor.runs.compare.CompareCallback"
         for model in SWEPT:
