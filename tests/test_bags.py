@@ -120,3 +120,19 @@ def test_a_slide_that_fails_is_recorded_and_the_others_go_on(dataset, tmp_path, 
     assert [r["status"] for r in records] == ["failed", "done"]
     assert str(broken) in records[0]["reason"]
     assert not (tmp_path / "bags" / "broken.h5").exists()
+
+
+@pytest.mark.parametrize("trunk_config", ["small_cnn", "tiny_fm"])
+def test_any_model_config_is_a_trunk_foundation_models_too(trunk_config):
+    from conftest import CONF
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=mil", "model=clam_sb", f"model@model.trunk={trunk_config}"])
+    trunk = TrunkFeatures(OmegaConf.to_container(cfg.model.trunk, resolve=True))
+    patches = np.random.default_rng(0).integers(0, 255, (3, 96, 96, 3), dtype=np.uint8)  # resized to the input
+    features = trunk(patches)
+    assert features.ndim == 2 and len(features) == 3 and features.dtype == np.float32  # D: the embedding rule's
+    np.testing.assert_array_equal(TrunkFeatures(OmegaConf.to_container(cfg.model.trunk, resolve=True))(patches),
+                                  features)  # a random-init trunk is rebuilt the same (inference = extraction)
