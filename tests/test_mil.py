@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from vistumor.data.bags import split_slides
+from vistumor.data.bags import slide_split
 from vistumor.errors import ConfigError
 from vistumor.model.aggregators import ABMIL, AGGREGATORS, CLAMSB, build_aggregator
 from vistumor.model.mil import MILClassifier
@@ -131,11 +131,11 @@ def test_registry_and_bad_values():
 def test_split_is_by_slide_stratified_and_seeded():
     ids = [f"s{i:02d}" for i in range(20)]
     labels = [i % 2 for i in range(20)]
-    split = split_slides(ids, labels, {"train": 0.6, "val": 0.2, "test": 0.2}, seed=3)
-    assert split == split_slides(ids, labels, {"train": 0.6, "val": 0.2, "test": 0.2}, seed=3)
+    split = slide_split(ids, labels, {"train": 0.6, "val": 0.2, "test": 0.2}, seed=3)
+    assert split == slide_split(ids, labels, {"train": 0.6, "val": 0.2, "test": 0.2}, seed=3)
     for name, count in (("test", 2), ("val", 2), ("train", 6)):
         for label in (0, 1):
             assert sum(split[s] == name and lab == label for s, lab in zip(ids, labels, strict=True)) == count
-    assert split != split_slides(ids, labels, {"train": 0.6, "val": 0.2, "test": 0.2}, seed=4)
+    assert split != slide_split(ids, labels, {"train": 0.6, "val": 0.2, "test": 0.2}, seed=4)
     with pytest.raises(ConfigError, match="unknown split"):
-        split_slides(ids, labels, {"tran": 1.0}, 0)
+        slide_split(ids, labels, {"tran": 1.0}, 0)

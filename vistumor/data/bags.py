@@ -21,17 +21,18 @@ from typing import Any
 
 import lightning as L
 import numpy as np
+import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from vistumor.data.epochs import EpochSampler, unpack
-from vistumor.errors import ConfigError
+from vistumor.errors import ConfigError, ManifestError
 from vistumor.files import atomic_path
-from vistumor.labels import NORMAL, TUMOR, lacking
+from vistumor.labels import lacking, name
+from vistumor.tiling.sampling import SPLITS, split_slides
 
 FEATURES, COORDS = "features", "coords"
 FEATURE_DTYPE = np.float32  # CLAM and TRIDENT write float32; so do we
-SPLITS = ("train", "val", "test")
 
 
 @dataclass
@@ -117,26 +118,19 @@ class BagItem:
     annotation: Path | None = None
 
 
-def split_slides(slide_ids: Sequence[str], labels: Sequence[int], fractions: dict[str, float],
-                 seed: int) -> dict[str, str]:
-    """Slide -> split, stratified by label and seeded: each class's slides are shuffled by
-    ``seed`` and cut by ``fractions`` (test and val get at least one slide of a class with
-    three or more), so every split holds both classes when the data allows."""
+def slide_split(slide_ids: Sequence[str], labels: Sequence[int], fractions: dict[str, float],
+                seed: int) -> dict[str, str]:
+    """Slide -> split, stratified by label and seeded: tiling's by-slide split
+    (:func:`vistumor.tiling.sampling.split_slides`: each class's slides shuffled, cut by
+    ``fractions`` by largest remainder, at least one slide of each class in every split)."""
     unknown = sorted(set(fractions) - set(SPLITS))
     if unknown:
         raise ConfigError(f"data.mil.split: unknown split(s) {unknown}; known: {list(SPLITS)}")
-    rng = np.random.default_rng(seed)
-    out: dict[str, str] = {}
-    for label in (NORMAL, TUMOR):
-        ids = sorted(s for s, lab in zip(slide_ids, labels, strict=True) if lab == label)
-        ids = [ids[i] for i in rng.permutation(len(ids))]
-        counts = {s: int(round(fractions.get(s, 0.0) * len(ids))) for s in ("val", "test")}
-        if len(ids) >= 3:
-            counts = {s: max(1, c) if fractions.get(s) else 0 for s, c in counts.items()}
-        n_test, n_val = counts["test"], counts["val"]
-        for i, slide in enumerate(ids):
-            out[slide] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
-    return out
+    kinds = pd.Series({s: name(label) for s, label in zip(slide_ids, labels, strict=True)})
+    try:
+        return split_slides(kinds, {k: v for k, v in fractions.items() if v}, np.random.default_rng(seed))
+    except ManifestError as err:
+        raise ConfigError(f"data.mil.split: {str(err).split(': add slides')[0]}: add slides") from err
 
 
 class BagDataset(Dataset):

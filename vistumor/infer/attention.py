@@ -28,13 +28,13 @@ from vistumor.infer.heatmap import ProbabilityMap, geometry, heatmap_figure, sav
 from vistumor.infer.lesions import find_lesions, write_lesions
 from vistumor.model.mil import MILClassifier
 
-KIND = "attention"
+SCORER_KIND = "attention"
 
 
 class MILScorer:
     """A MIL checkpoint as a scorer: raw attention per patch now, the slide at :meth:`take`."""
 
-    kind = KIND
+    kind = SCORER_KIND
 
     def __init__(self, model: MILClassifier, device: torch.device):
         self.model = model.to(device).eval()

@@ -27,7 +27,7 @@ THRESHOLD = 0.5  # of the slide's peak
 #: the maps judged: run folder -> key prefix, and the comparison table's column titles
 MAPS = {"heatmaps": "heatmap_cell", "cams": "canvas_cell"}
 _TITLES = {"pointing": "pointing", "energy": "energy", "iou": "IoU", "dice": "Dice", "auroc": "AUROC"}
-COLUMNS = {f"test/{prefix}_{name}": f"{title} cell {_TITLES[name]}"
+CELL_COLUMNS = {f"test/{prefix}_{name}": f"{title} cell {_TITLES[name]}"
            for prefix, title in (("heatmap_cell", "heatmap"), ("canvas_cell", "canvas")) for name in localization.NAMES}
 
 

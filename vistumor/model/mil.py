@@ -25,11 +25,11 @@ import torch.nn.functional as F
 from vistumor.data.epochs import stream_seed
 from vistumor.errors import ConfigError
 from vistumor.model.aggregators import CLAMSB, MILOutput, build_aggregator
+from vistumor.model.classifier import STAGES
 from vistumor.model.kinds import KIND_KEY, ModelKind, model_kind
 from vistumor.model.metrics import StageMetrics, key
 
 KIND = ModelKind.MIL
-STAGES = ("train", "val", "test")
 
 
 class MILClassifier(L.LightningModule):

@@ -55,7 +55,7 @@ COLUMNS = {
     **{metrics.key("test", name): title for name, title in _SLIDE_TITLES.items()},
     "vs_best": "vs best (paired, slides)",
     **{metrics.key("test", f"cam_{name}"): title for name, title in _CAM_TITLES.items()},
-    **cell_scores.COLUMNS,  # whole-slide maps vs annotations, per cell (MIL: the attention heatmap)
+    **cell_scores.CELL_COLUMNS,  # whole-slide maps vs annotations, per cell (MIL: the attention heatmap)
     "params_trainable": "trainable params",
     "params_total": "total params",
     "images_per_s": "images/s",

@@ -18,7 +18,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from vistumor.config import plain
-from vistumor.data.bags import BagDataModule, BagItem, read_bag, split_slides
+from vistumor.data.bags import BagDataModule, BagItem, read_bag, slide_split
 from vistumor.errors import ConfigError
 from vistumor.files import atomic_path, read_slide_table, write_json
 from vistumor.infer.bags import TrunkFeatures, bag_folder, extract_bags, settings_of
@@ -51,13 +51,12 @@ def mil_settings(cfg: DictConfig) -> dict[str, Any]:
     return {**defaults, **given}
 
 
-def tiling_of(cfg: DictConfig) -> dict[str, Any]:
+def bag_tiling(cfg: DictConfig) -> dict[str, Any]:
     """The bags' patch geometry, as whole-slide inference reads it from a checkpoint."""
     from vistumor.tasks.tiling import tiling_params
 
-    params = tiling_params(cfg)
-    return {"grid": params.as_dict()["grid"], "tissue": params.as_dict()["tissue"],
-            "labels": params.as_dict()["labels"]}
+    values = tiling_params(cfg).as_dict()
+    return {k: values[k] for k in ("grid", "tissue", "labels")}
 
 
 # -- bags -----------------------------------------------------------------------------------
@@ -103,8 +102,8 @@ def bags_of(cfg: DictConfig, table: pd.DataFrame, tiling: dict, settings: dict) 
 
 
 def bag_items(table: pd.DataFrame, folder: Path, split: dict[str, float], seed: int) -> list[BagItem]:
-    """Every slide as a :class:`BagItem` in its split (stratified, seeded: :func:`split_slides`)."""
-    splits = split_slides(list(table["slide"]), list(table["label"]), split, seed)
+    """Every slide as a :class:`BagItem` in its split (stratified, seeded: :func:`slide_split`)."""
+    splits = slide_split(list(table["slide"]), list(table["label"]), split, seed)
 
     def path_or_none(value) -> Path | None:
         return Path(value) if isinstance(value, str) and value else None
@@ -113,7 +112,7 @@ def bag_items(table: pd.DataFrame, folder: Path, split: dict[str, float], seed: 
                     path_or_none(r.annotation)) for r in table.itertuples()]
 
 
-def trained_mpp(items: list[BagItem]) -> float | None:
+def bags_mpp(items: list[BagItem]) -> float | None:
     values = [read_bag(i.bag).attrs.get("mpp") for i in items if i.split == "train"]
     values = [float(v) for v in values if v]
     return float(np.median(values)) if values else None
@@ -133,7 +132,7 @@ def train_mil(cfg: DictConfig) -> dict[str, Any]:
     seed(cfg)
     out = Path(cfg.paths.output_dir)
     table = slide_table(cfg, settings)
-    tiling = tiling_of(cfg)
+    tiling = bag_tiling(cfg)
     folder, facts = bags_of(cfg, table, tiling, settings)
     items = bag_items(table, folder, settings["split"], int(cfg.get("seed") or 0))
     write_split(out / "split.csv", items)
@@ -141,7 +140,7 @@ def train_mil(cfg: DictConfig) -> dict[str, Any]:
     for stage, wanted in (("fit", cfg.get("train", True)), ("test", cfg.get("test", True))):
         if wanted:
             dm.setup(stage)
-    tiling["trained_mpp"] = trained_mpp(items)
+    tiling["trained_mpp"] = bags_mpp(items)
     model = build_mil_model(cfg, dm.dim, tiling if facts["extracted"] is not None else None, folder)
     callbacks = [c for name, c in (cfg.get("callbacks") or {}).items()
                  if c is not None and "_target_" in c and name not in PATCH_CALLBACKS]
@@ -156,7 +155,7 @@ def train_mil(cfg: DictConfig) -> dict[str, Any]:
                               "bags": str(folder), "split": str(out / "split.csv"),
                               **{k: v for k, v in facts.items() if k not in ("weights",)}}
     try:
-        result.update(fit_and_test(cfg, trainer, model, dm, out))
+        result.update(fit_and_test_bags(cfg, trainer, model, dm, out))
         if cfg.get("slides") and result.get("best_ckpt"):
             from vistumor.tasks.mil_slides import mil_whole_slides
 
@@ -193,7 +192,7 @@ def check_resumable(path: str, aggregator: str) -> None:
                           f"'{aggregator}'", path)
 
 
-def fit_and_test(cfg: DictConfig, trainer, model: MILClassifier, dm: BagDataModule, out: Path) -> dict:
+def fit_and_test_bags(cfg: DictConfig, trainer, model: MILClassifier, dm: BagDataModule, out: Path) -> dict:
     result: dict[str, Any] = {}
     if cfg.get("train", True):
         trainer.fit(model, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))

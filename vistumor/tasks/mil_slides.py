@@ -62,7 +62,7 @@ def mil_model_run(path: str | Path, device, out: Path, name: str | None = None) 
     return ModelRun(name, scorer, str(path), tiling, scorer.size, out / "models" / name, model.hparams.get("split"))
 
 
-def slide_inputs(items: list[BagItem], split: str) -> list[SlideInput]:
+def held_out_inputs(items: list[BagItem], split: str) -> list[SlideInput]:
     chosen = [SlideInput(i.slide_id, i.slide_path, i.label, i.annotation) for i in items
               if (split == "all" or i.split == split) and i.slide_path]
     if not chosen:
@@ -78,7 +78,7 @@ def mil_whole_slides(cfg: DictConfig, ckpt: str, items: list[BagItem], split: st
     out = Path(cfg.paths.output_dir) / "slides"
     params = InferParams(mpp=cfg.data.get("mpp"), mpp_override=cfg.data.get("mpp_override", "missing"))
     run = mil_model_run(ckpt, devices.inference_device("auto"), out)
-    inputs = slide_inputs(items, split)
+    inputs = held_out_inputs(items, split)
     summary = run_models([run], inputs, params, out)
     evaluation = summary.get("evaluation", {}).get(run.name, {})
     if "skipped" in evaluation:
