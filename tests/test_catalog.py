@@ -104,3 +104,20 @@ def test_locate_slides_searches_sub_folders_ignoring_case(tmp_path):
     twin = touch(tmp_path / "copy" / "tumor_001.tif")
     with pytest.raises(ConfigError, match=f"{twin} and {slide} are both slide 'tumor_001'"):
         locate_slides(tmp_path, ["tumor_001"])
+
+
+def test_the_evaluation_finds_reference_annotations_by_the_same_rule(tmp_path):
+    """Evaluation's lookup was its own (lower-case stems; any two files of one slide refused):
+    ``Test_001.XML`` beside the official ``test_001_Mask.tif`` stopped the evaluation."""
+    from vistumor.evaluate.io import annotation_files, lesion_files
+
+    xml, mask = touch(tmp_path / "Test_001.XML"), touch(tmp_path / "test_001_Mask.tif")
+    other = touch(tmp_path / "test_002_mask.tif")
+    assert annotation_files(tmp_path) == {"test_001": xml, "test_002": other}
+    assert find_annotation(tmp_path, "TEST_001") == xml and mask.is_file()
+    touch(tmp_path / "test_002_MASK.tif")
+    with pytest.raises(ConfigError, match="test_002_MASK.tif and test_002_mask.tif are both slide 'test_002'"):
+        annotation_files(tmp_path)
+    lesions = tmp_path / "lesions"
+    geojson, _ = touch(lesions / "A.geojson"), touch(lesions / "a.xml")
+    assert lesion_files(lesions) == {"a": geojson}

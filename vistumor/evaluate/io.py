@@ -15,8 +15,10 @@ import numpy as np
 from vistumor.errors import VisTumorError
 from vistumor.files import read_slide_table, read_text
 from vistumor.labels import parse_label
+from vistumor.wsi.catalog import ANNOTATION_SUFFIXES, index_folder
 
-ANNOTATION_SUFFIXES = (".xml", ".geojson", ".json", ".tif", ".tiff")
+#: reference annotations: the slide catalog's annotation files, then official mask TIFFs
+REFERENCE_SUFFIXES = (*ANNOTATION_SUFFIXES, ".tif", ".tiff")
 #: predicted lesion files, in order of preference when a slide has several (infer.py writes both
 #: ``<slide>.geojson`` and ``<slide>.xml``)
 LESION_SUFFIXES = (".geojson", ".json", ".xml")
@@ -81,27 +83,16 @@ def prediction_files(folder: str | Path) -> dict[str, Path]:
 
 
 def annotation_files(folder: str | Path) -> dict[str, Path]:
-    """ASAP XML, GeoJSON or official mask TIFFs (``test_001.tif`` or ``test_001_mask.tif``)."""
-    return files_by_slide(folder, ANNOTATION_SUFFIXES, strip="_mask")
+    """ASAP XML, GeoJSON or official mask TIFFs (``test_001.tif`` or ``test_001_mask.tif``), by
+    the slide catalog's one rule (:func:`vistumor.wsi.catalog.index_folder`): names ignore case,
+    a slide's XML before its GeoJSON before its mask, two files of one name and format refused."""
+    return index_folder(folder, REFERENCE_SUFFIXES, strip="_mask")
 
 
 def lesion_files(folder: str | Path) -> dict[str, Path]:
     """Predicted lesion files of ``folder`` (GeoJSON or ASAP XML) by lower-case slide name; of a
-    slide's ``.geojson`` and ``.xml`` the GeoJSON."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise VisTumorError("folder not found", folder)
-    found: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
-        suffix = path.suffix.lower()
-        if not path.is_file() or suffix not in LESION_SUFFIXES:
-            continue
-        key, other = path.stem.lower(), found.get(path.stem.lower())
-        if other is not None and other.suffix.lower() == suffix:
-            raise VisTumorError(f"{other.name} and {path.name} are both slide '{key}'", folder)
-        if other is None or LESION_SUFFIXES.index(suffix) < LESION_SUFFIXES.index(other.suffix.lower()):
-            found[key] = path
-    return found
+    slide's ``.geojson`` and ``.xml`` the GeoJSON (the catalog's rule, :func:`index_folder`)."""
+    return index_folder(folder, LESION_SUFFIXES)
 
 
 def read_reference(path: str | Path) -> list[ReferenceSlide]:
