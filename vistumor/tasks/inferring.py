@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 RUN_KEYS = ("shard_index", "num_shards", "stage", "progress")
 
 
-def run_settings(cfg: DictConfig) -> RunSettings:
+def infer_run_settings(cfg: DictConfig) -> RunSettings:
     """``run``: the runner's settings a whole-slide run takes (one slide at a time: the pass
     itself is parallel, so no ``workers``; no ``strict``: the tables always list every slide)."""
     values = plain(cfg.run)
@@ -56,7 +56,7 @@ def run_settings(cfg: DictConfig) -> RunSettings:
 def infer(cfg: DictConfig) -> dict[str, Any]:
     """Run the checkpoints over the slides; returns a summary (also ``run.json``)."""
     params = infer_params(cfg)
-    run = run_settings(cfg)
+    run = infer_run_settings(cfg)
     out = Path(cfg.paths.output_dir)
     models = load_models(checkpoint_paths(cfg), inference_device(cfg.device), out, params)
     items = slide_inputs(cfg, models)

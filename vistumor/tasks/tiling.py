@@ -84,7 +84,7 @@ def spec(cfg: DictConfig) -> dict:
 # -- the task -------------------------------------------------------------------------------
 
 
-def run_settings(cfg: DictConfig) -> tuple[RunSettings, TilingChecks]:
+def tiling_run_settings(cfg: DictConfig) -> tuple[RunSettings, TilingChecks]:
     """``tiling.run``: the runner's settings and what tiling checks as it goes."""
     settings, checks = build_parts(plain(cfg.tiling.run), "tiling.run", RunSettings, TilingChecks)
     return settings.check_stage(TILE_STAGE, "tiling.run"), checks
@@ -96,7 +96,7 @@ def tile(cfg: DictConfig) -> dict:
     Returns:
         ``out_dir``, counts of done / skipped / failed slides, and ``manifest`` when written.
     """
-    run, checks = run_settings(cfg)
+    run, checks = tiling_run_settings(cfg)
     params = tiling_params(cfg)
     sampling, split = sampling_and_split(cfg)
     records = slide_records(cfg.data)
