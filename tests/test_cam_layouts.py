@@ -289,3 +289,13 @@ def test_every_library_cam_reads_the_layer_through_the_same_reshape(case):
         maps = explainer(model, method, fast=False, batch_size=2)(x)
         assert maps.shape == (2, SIZE, SIZE) and torch.isfinite(maps).all(), method
         assert float(maps.min()) >= 0 and float(maps.max()) <= 1 + 1e-6, method
+
+
+def test_a_vit_map_under_inference_mode_as_in_lightnings_test_loop():
+    """Lightning tests under inference_mode: the layer probe's own input must still take grad
+    (it was made outside ``inference_mode(False)`` and every ViT's CAM monitor crashed at test)."""
+    model = CASES["vit"][0]()
+    x = images()
+    with torch.inference_mode():
+        maps = explainer(model, "gradcam++")(x, 1)
+    assert torch.as_tensor(maps).shape[0] == len(x)

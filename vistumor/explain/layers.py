@@ -165,9 +165,10 @@ def probe(model: nn.Module, size: int) -> list[_Seen]:
 
     handles = [m.register_forward_hook(partial(record, n)) for n, m in net.named_modules() if n]
     gen = torch.Generator().manual_seed(_PROBE_SEED)
-    images = (torch.rand(1, 3, size, size, generator=gen) * 255).to(device_of(model))
     try:
         with preserved(model), torch.inference_mode(False), torch.set_grad_enabled(backward):
+            # made here: a tensor made under Lightning's inference_mode cannot require grad
+            images = (torch.rand(1, 3, size, size, generator=gen) * 255).to(device_of(model))
             model.eval()
             logits = model(images.requires_grad_(backward))
             tokens = [(s, out) for s, out in tokens if out.requires_grad]

@@ -178,10 +178,10 @@ def write_outputs(item: SlideInput, grid: SlideGrid, m: ModelRun, pmap: Probabil
                   canvas: CamCanvas | None, params: InferParams, annotation: TumorAnnotation | None,
                   checksum: str | None = None) -> dict:
     """Heatmap (npy, json, png), stitched CAM, lesions (GeoJSON, XML), detections, figure."""
-    values = pmap.result()
     if m.kind == "attention":  # a MIL model: its heatmap is attention (vistumor.infer.attention)
         from vistumor.infer.attention import write_attention_outputs
         return write_attention_outputs(item, grid, m, pmap, canvas, params, annotation, checksum)
+    values = pmap.result()
     base = {"slide": item.slide_id, "slide_path": str(item.path), "slide_checksum": checksum,
             "model": m.name, "checkpoint": m.checkpoint,
             "input_size": m.input_size, "stride": params.grid.stride, **geometry(grid)}
