@@ -24,13 +24,13 @@ from PIL import Image
 
 from vistumor.errors import ConfigError
 from vistumor.explain import sanity, selection
-from vistumor.explain.localization import NAMES
+from vistumor.explain.localization import SCORE_NAMES
 from vistumor.explain.monitor import CamMonitor
 from vistumor.labels import outcomes
 from vistumor.model.checkpoints import load_classifier
 from vistumor.model.classifier import PatchClassifier
 
-SCORE_KEYS = [f"cam_{n}" for n in NAMES]
+SCORE_KEYS = [f"cam_{n}" for n in SCORE_NAMES]
 def explain_cfg(trained, out: Path, *overrides: str, ckpt: str | None = None):
     return compose_stage("explain", trained.root, trained.data, out, "device=cpu",
                        f"ckpt_path={ckpt or trained.last}", *overrides)

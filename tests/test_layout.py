@@ -73,3 +73,38 @@ def test_the_check_sees_a_back_edge(tmp_path):
     found = vistumor_imports(bad)
     assert found == [(1, "vistumor.model.classifier"), (2, "vistumor.labels")]
     assert RANK[stage_of(found[0][1])] > RANK["tiling"]
+
+
+def public_names(path: Path) -> list[str]:
+    """The public names a module defines at its top level (functions, classes, constants)."""
+    names = []
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.append(node.name)
+        elif isinstance(node, ast.Assign):
+            names += [t.id for t in node.targets if isinstance(t, ast.Name)]
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.append(node.target.id)
+    return [n for n in names if not n.startswith("_") and n not in ("main", "log", "logger")]
+
+
+def defined_twice(paths: list[Path], root: Path = PROJECT) -> dict[str, list[str]]:
+    where: dict[str, list[str]] = {}
+    for path in paths:
+        for name in public_names(path):
+            where.setdefault(name, []).append(str(path.relative_to(root)))
+    return {name: places for name, places in sorted(where.items()) if len(places) > 1}
+
+
+def test_each_public_name_is_defined_once():
+    """One name, one thing: a public name means the same everywhere in the package."""
+    twice = defined_twice(modules())
+    assert not twice, f"public names defined in more than one module: {twice}"
+
+
+def test_the_name_check_sees_a_name_defined_twice(tmp_path):
+    (tmp_path / "a.py").write_text("STAGES = ('train',)\ndef merge():\n    pass\n_private = 1\n")
+    (tmp_path / "b.py").write_text("STAGES = ('tile', 'merge')\nclass Other:\n    pass\n_private = 2\n")
+    paths = [tmp_path / "a.py", tmp_path / "b.py"]
+    assert {n: len(p) for n, p in defined_twice(paths, tmp_path).items()} == {"STAGES": 2}
+

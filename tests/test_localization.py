@@ -9,7 +9,7 @@ import pytest
 
 from vistumor.explain import localization
 from vistumor.explain.localization import (
-    NAMES,
+    SCORE_NAMES,
     batch_scores,
     energy,
     mean_scores,
@@ -112,7 +112,7 @@ def test_pixel_auroc_undefined_on_one_class():
 
 def test_scores_has_every_name_and_accepts_uint8_mask():
     out = scores(CAM, MASK.astype(np.uint8), cam_threshold=0.51)
-    assert tuple(out) == NAMES
+    assert tuple(out) == SCORE_NAMES
     assert out["pointing"] == 1.0
     assert out["iou"] == pytest.approx(3 / 7)
     assert out["dice"] == pytest.approx(6 / 10)
@@ -160,6 +160,6 @@ def test_mean_scores_counts_and_ignores_nan():
 def test_mean_scores_of_nothing():
     means = mean_scores([None, None])
     assert means["n"] == 0
-    assert all(math.isnan(means[name]) for name in localization.NAMES)
-    all_nan = {name: float("nan") for name in NAMES}
+    assert all(math.isnan(means[name]) for name in localization.SCORE_NAMES)
+    all_nan = {name: float("nan") for name in SCORE_NAMES}
     assert math.isnan(mean_scores([all_nan])["auroc"]) and mean_scores([all_nan])["n"] == 1

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vistumor.model.metrics import NAMES, ConfusionRates, StageMetrics, key, rates
+from vistumor.model.metrics import METRIC_NAMES, ConfusionRates, StageMetrics, key, rates
 from vistumor.runs.figures import confusion_figure, roc_figure
 
 #: tumor probabilities and labels: at threshold 0.5, tp = 2 (0.9, and exactly 0.5 counts as
@@ -22,7 +22,7 @@ def test_rates_of_a_hand_built_confusion_matrix():
         "precision": 3 / 4, "f1": 2 / 3,  # 2 * 3/4 * 3/5 / (3/4 + 3/5) = 2 * 3 / (2 * 3 + 1 + 2)
     }
     assert got == pytest.approx(expected, rel=1e-12, abs=0)
-    assert set(got) == set(NAMES) - {"auroc"}
+    assert set(got) == set(METRIC_NAMES) - {"auroc"}
 
 
 def test_empty_denominators_give_zero():
@@ -54,7 +54,7 @@ def test_stage_metrics_keys_and_values():
     metrics = StageMetrics("val")
     metrics.update(PROBS, LABELS)
     values = metrics.compute()
-    assert list(values) == [f"val/{n}" for n in NAMES] == [key("val", n) for n in NAMES]
+    assert list(values) == [f"val/{n}" for n in METRIC_NAMES] == [key("val", n) for n in METRIC_NAMES]
     assert float(values["val/recall"]) == pytest.approx(2 / 3)
     assert float(values["val/fpr"]) == pytest.approx(1 / 3)
     # AUROC: of the 9 (tumor, normal) pairs the tumor patch scores higher in 6

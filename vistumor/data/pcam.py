@@ -39,13 +39,13 @@ from torchvision.datasets import PCAM
 
 from vistumor.data.patches import PatchItems, PerProcess, resize_patch
 from vistumor.errors import ConfigError
+from vistumor.tiling.sampling import SPLITS
 
 log = logging.getLogger(__name__)
 
 #: PCam's patch edge in pixels
 PATCH = 96
 #: split names (torchvision's): the datamodule's train / val / test
-SPLITS = ("train", "val", "test")
 #: meta-table columns the reader needs (of the release's coord_y, coord_x, tumor_patch, center_tumor_patch, wsi)
 META_COLUMNS = ("coord_x", "coord_y", "wsi")
 #: the dataset each file must hold
@@ -189,7 +189,7 @@ def _read(dataset: h5py.Dataset, path: Path) -> np.ndarray:
 # -- where each patch comes from ------------------------------------------------------------------
 
 
-def read_meta(path: Path, labels: np.ndarray) -> pd.DataFrame:
+def read_pcam_meta(path: Path, labels: np.ndarray) -> pd.DataFrame:
     """``slide_id, x0, y0`` per patch from the release's meta table, checked against the labels
     (its ``center_tumor_patch`` is the label, when the column is there)."""
     try:
@@ -232,7 +232,7 @@ def unknown_places(split: str, n: int) -> pd.DataFrame:
 def places(files: PCamFiles) -> pd.DataFrame:
     """``slide_id, x0, y0`` of every patch of a split: from its meta table, or unknown."""
     if files.meta_path.is_file():
-        return read_meta(files.meta_path, files.targets)
+        return read_pcam_meta(files.meta_path, files.targets)
     log.warning("%s not found: slide ids unknown (unknown_%s_<index>), intervals resample patches",
                 files.meta_path, files.split)
     return unknown_places(files.split, len(files))

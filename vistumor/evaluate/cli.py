@@ -42,7 +42,7 @@ from vistumor.evaluate.pipeline import Options, Outcome, SlideSet, check_out, ev
 from vistumor.wsi.slide import SLIDE_SUFFIXES, Slide
 
 
-def build_parser() -> argparse.ArgumentParser:
+def evaluate_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m vistumor.evaluate",
         description="CAMELYON16 slide AUC and lesion FROC of official-format detection CSVs, as the "
@@ -85,11 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = evaluate_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(message)s")
     try:
-        check_args(args)
+        check_options(args)
         options = Options(args.mode, args.exclude, args.bootstrap, args.seed, args.margin_um, args.pixel_um)
         outcome = evaluate_slides(read_slide_set(args), args.out, options, settings(args), pn_settings(args))
     except VisTumorError as err:
@@ -98,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def check_args(args: argparse.Namespace) -> None:
+def check_options(args: argparse.Namespace) -> None:
     """Flags that make no sense together, or numbers no evaluation can use, in one line."""
     if args.lesions is None and (args.patients is not None or args.mpp is not None):
         raise VisTumorError("--patients and --mpp are for staging: give --lesions too")

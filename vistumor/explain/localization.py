@@ -22,7 +22,7 @@ from scipy import ndimage
 
 from vistumor.stats import rank_auc
 
-NAMES = ("pointing", "energy", "iou", "dice", "auroc")
+SCORE_NAMES = ("pointing", "energy", "iou", "dice", "auroc")
 
 
 def pointing(cam: np.ndarray, mask: np.ndarray, tolerance: float = 0) -> float:
@@ -64,7 +64,7 @@ def pixel_auroc(cam: np.ndarray, mask: np.ndarray) -> float:
 def scores(
     cam: np.ndarray, mask: np.ndarray, cam_threshold: float = 0.5, tolerance: float = 0
 ) -> dict[str, float]:
-    """All :data:`NAMES` for one map and mask."""
+    """All :data:`SCORE_NAMES` for one map and mask."""
     mask = mask.astype(bool)
     iou, dice = overlap(cam, mask, cam_threshold)
     return {
@@ -92,6 +92,6 @@ def mean_scores(per_patch: list[dict[str, float] | None]) -> dict[str, float]:
     """Average of each score over the scored patches (NaN-aware), plus their count ``n``."""
     rows = [r for r in per_patch if r is not None]
     means = {name: float(np.nanmean([r[name] for r in rows])) if rows and not all(
-        np.isnan(r[name]) for r in rows) else float("nan") for name in NAMES}
+        np.isnan(r[name]) for r in rows) else float("nan") for name in SCORE_NAMES}
     means["n"] = len(rows)
     return means

@@ -62,7 +62,7 @@ def score_table(
         row = {"model": model_name, "slide_id": slide_id, "x0": x0, "y0": y0,
                "label": int(labels[j]), "prob": round(float(prob[j]), 6), "pred": int(pred[j]),
                "outcome": cats[j]}
-        for score in localization.NAMES:
+        for score in localization.SCORE_NAMES:
             row[f"cam_{score}"] = per_patch[j][score] if per_patch[j] else float("nan")
         rows.append(row)
     return pd.DataFrame(rows)
@@ -74,9 +74,9 @@ def model_summary(checkpoint: str, image_size: int, table: pd.DataFrame, score_m
     summary = {"checkpoint": checkpoint, "image_size": image_size,
                **{k: round(v, 6) for k, v in rates(**counts).items()},
                "outcomes": {k: int(v) for k, v in counts.items() if v}, "score_method": score_method}
-    scored = table.dropna(subset=[f"cam_{score}" for score in localization.NAMES], how="all")
+    scored = table.dropna(subset=[f"cam_{score}" for score in localization.SCORE_NAMES], how="all")
     summary["scored_patches"] = int(len(scored))
-    for score in localization.NAMES:
+    for score in localization.SCORE_NAMES:
         values = scored[f"cam_{score}"].dropna()
         summary[f"cam_{score}"] = round(float(values.mean()), 6) if len(values) else None
     return summary

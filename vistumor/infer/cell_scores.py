@@ -28,7 +28,8 @@ THRESHOLD = 0.5  # of the slide's peak
 MAPS = {"heatmaps": "heatmap_cell", "cams": "canvas_cell"}
 _TITLES = {"pointing": "pointing", "energy": "energy", "iou": "IoU", "dice": "Dice", "auroc": "AUROC"}
 CELL_COLUMNS = {f"test/{prefix}_{name}": f"{title} cell {_TITLES[name]}"
-           for prefix, title in (("heatmap_cell", "heatmap"), ("canvas_cell", "canvas")) for name in localization.NAMES}
+           for prefix, title in (("heatmap_cell", "heatmap"), ("canvas_cell", "canvas"))
+           for name in localization.SCORE_NAMES}
 
 
 def cell_mask(annotation: TumorAnnotation, sidecar: Mapping) -> np.ndarray:
@@ -39,7 +40,7 @@ def cell_mask(annotation: TumorAnnotation, sidecar: Mapping) -> np.ndarray:
 
 
 def slide_cell_scores(values: np.ndarray, mask: np.ndarray, threshold: float = THRESHOLD) -> dict[str, float] | None:
-    """:data:`~vistumor.explain.localization.NAMES` of one map over its tissue cells; None
+    """:data:`~vistumor.explain.localization.SCORE_NAMES` of one map over its tissue cells; None
     when no tissue cell is tumor."""
     tissue = np.isfinite(values)
     mask = np.asarray(mask, bool) & tissue

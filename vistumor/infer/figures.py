@@ -8,7 +8,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from vistumor.files import save_figure
-from vistumor.infer.heatmap import overlay
+from vistumor.infer.heatmap import heatmap_overlay
 from vistumor.infer.lesions import Lesion
 from vistumor.wsi.annotations import TumorAnnotation
 
@@ -32,8 +32,8 @@ def summary_figure(
     aspect = thumbnail.shape[0] / max(thumbnail.shape[1], 1)
     fig = Figure(figsize=(3.2 * len(panels), 3.2 * aspect + 0.7), dpi=110)
     axes = fig.subplots(1, len(panels))
-    images = [thumbnail, overlay(thumbnail, thumb_ds, prob, cell_px),
-              overlay(thumbnail, thumb_ds, cam / cam_scale, cam_px) if cam is not None and cam_scale > 0
+    images = [thumbnail, heatmap_overlay(thumbnail, thumb_ds, prob, cell_px),
+              heatmap_overlay(thumbnail, thumb_ds, cam / cam_scale, cam_px) if cam is not None and cam_scale > 0
               else thumbnail, thumbnail, thumbnail]
     for ax, image, name in zip(axes, images, panels, strict=True):
         ax.imshow(image)

@@ -64,7 +64,7 @@ def geometry(grid: SlideGrid) -> dict[str, Any]:
     }
 
 
-def overlay(thumbnail: np.ndarray, thumb_downsample: float, values: np.ndarray, cell_px: float,
+def heatmap_overlay(thumbnail: np.ndarray, thumb_downsample: float, values: np.ndarray, cell_px: float,
             vmax: float = 1.0, alpha: float = 0.55, cmap: str = COLORMAP) -> np.ndarray:
     """The thumbnail with ``values`` (cells of ``cell_px`` level-0 px; NaN transparent) on top."""
     import cv2
@@ -91,7 +91,7 @@ def heatmap_figure(path: Path, thumbnail: np.ndarray, thumb_downsample: float, v
 
     fig = Figure(figsize=(6, 6 * thumbnail.shape[0] / max(thumbnail.shape[1], 1) + 0.6), dpi=110)
     ax = fig.subplots()
-    ax.imshow(overlay(thumbnail, thumb_downsample, values, cell_px, vmax))
+    ax.imshow(heatmap_overlay(thumbnail, thumb_downsample, values, cell_px, vmax))
     ax.set_axis_off()
     ax.set_title(title, fontsize=9)
     fig.colorbar(ScalarMappable(Normalize(0, vmax), COLORMAP), ax=ax, fraction=0.04, label=label)

@@ -14,7 +14,7 @@ from torchmetrics.classification import BinaryAUROC
 from vistumor.labels import confusion_counts, predict
 
 #: Metric names, in report order. ``recall`` is sensitivity; ``fpr = 1 - specificity``.
-NAMES = ("acc", "fpr", "fnr", "recall", "specificity", "precision", "f1", "auroc")
+METRIC_NAMES = ("acc", "fpr", "fnr", "recall", "specificity", "precision", "f1", "auroc")
 
 
 def key(stage: str, name: str) -> str:
@@ -65,7 +65,7 @@ class ConfusionRates(Metric):
 
 
 class StageMetrics(nn.Module):
-    """All :data:`NAMES` for one stage (``train``, ``val``, ``test``)."""
+    """All :data:`METRIC_NAMES` for one stage (``train``, ``val``, ``test``)."""
 
     def __init__(self, stage: str, threshold: float = 0.5):
         super().__init__()
@@ -80,7 +80,7 @@ class StageMetrics(nn.Module):
     def compute(self) -> dict[str, torch.Tensor]:
         values = self.confusion.compute()
         values["auroc"] = self.auroc.compute()
-        return {key(self.stage, n): values[n] for n in NAMES}
+        return {key(self.stage, n): values[n] for n in METRIC_NAMES}
 
     def reset(self) -> None:
         self.confusion.reset()

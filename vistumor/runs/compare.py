@@ -41,11 +41,11 @@ _TEST_TITLES = {"acc": "accuracy", "fpr": "FPR", "fnr": "FNR", "recall": "recall
 _CAM_TITLES = {"pointing": "map pointing", "energy": "map energy", "iou": "map IoU",
                "dice": "map Dice", "auroc": "map pixel AUROC"}
 _SLIDE_TITLES = {"slide_auc": "slide AUC", "froc": "FROC"}
-assert set(_TEST_TITLES) <= set(metrics.NAMES) and set(_CAM_TITLES) <= set(localization.NAMES)
+assert set(_TEST_TITLES) <= set(metrics.METRIC_NAMES) and set(_CAM_TITLES) <= set(localization.SCORE_NAMES)
 
 #: metrics.json key -> column, in table order (keys spelled by ``metrics.key``, as logged); a
 #: ``<key>_ci95`` beside a key is its 95 % interval over slides. Columns appear when present.
-COLUMNS = {
+TABLE_COLUMNS = {
     "model": "model",
     "kind": "kind",
     "weights": "weights",
@@ -84,10 +84,10 @@ def method_columns(keys) -> dict[str, str]:
 
 
 def _columns(keys) -> dict[str, str]:
-    """:data:`COLUMNS` with the per-method localization columns of ``keys`` in place."""
+    """:data:`TABLE_COLUMNS` with the per-method localization columns of ``keys`` in place."""
     extra = method_columns(keys)
     columns = {}
-    for key, title in COLUMNS.items():
+    for key, title in TABLE_COLUMNS.items():
         if key == _METHOD_COLUMNS_BEFORE:
             columns.update(extra)
         columns[key] = title
@@ -109,7 +109,7 @@ def collect(folder: str | Path) -> pd.DataFrame:
         row.setdefault("run_dir", str(path.parent))
         rows.append(enrich(row, folder))
     if not rows:
-        return pd.DataFrame(columns=list(COLUMNS.values()))
+        return pd.DataFrame(columns=list(TABLE_COLUMNS.values()))
     compare_with_best(rows)
     table = pd.DataFrame(rows)
     columns = _columns(table.columns)

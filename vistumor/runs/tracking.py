@@ -22,7 +22,7 @@ from vistumor.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-MODES = ("online", "offline", "disabled", "auto")
+WANDB_MODES = ("online", "offline", "disabled", "auto")
 
 
 def has_wandb_key() -> bool:
@@ -39,8 +39,8 @@ def wandb_mode(requested: str | None) -> str:
     mode = os.environ.get("WANDB_MODE") or requested or "auto"
     if mode == "dryrun":
         mode = "offline"
-    if mode not in MODES:
-        raise ConfigError(f"logger.wandb.mode must be one of {MODES}, got {mode!r}")
+    if mode not in WANDB_MODES:
+        raise ConfigError(f"logger.wandb.mode must be one of {WANDB_MODES}, got {mode!r}")
     if mode == "auto":
         mode = "online" if has_wandb_key() else "offline"
     if mode == "online" and not has_wandb_key():

@@ -49,13 +49,13 @@ def write_tiff(path: Path, image: np.ndarray, mpp: float, quality: int) -> list[
 
 
 #: CAMELYON16's groups and colours: ``_0`` and ``_1`` lesions, ``_2`` exclusions
-GROUP_COLOURS = {"_0": "#FF0000", "_1": "#FF0000", "_2": "#00FF00"}
+_GROUP_COLOURS = {"_0": "#FF0000", "_1": "#FF0000", "_2": "#00FF00"}
 #: every annotation's own colour in CAMELYON16's files
-ANNOTATION_COLOUR = "#F4FA58"
+_ANNOTATION_COLOUR = "#F4FA58"
 
 
 def annotation_xml(outlines: Sequence[Outline]) -> str:
     """ASAP annotation XML exactly as in CAMELYON16 (tabs, groups _0, _1, _2); vertices are
     multiples of 1/8 px, so three decimals write them exactly."""
-    return asap_xml([(o.name, o.group, Polygon(o.vertices)) for o in outlines], GROUP_COLOURS,
-                    annotation_colour=ANNOTATION_COLOUR, decimals=3)
+    return asap_xml([(o.name, o.group, Polygon(o.vertices)) for o in outlines], _GROUP_COLOURS,
+                    annotation_colour=_ANNOTATION_COLOUR, decimals=3)

@@ -53,7 +53,7 @@ def explain(cfg: DictConfig) -> dict[str, Any]:
         The summary (also ``summary.json`` in the run folder).
     """
     methods = check_methods(list(cfg.methods))
-    models = load_models(cfg, methods)
+    models = load_explained_models(cfg, methods)
     names = report.unique_names([m.hparams.backbone for m in models])
     patches = select(cfg, models)
     probs = {n: tumor_probability(m, patches.pixels[m.input_size][0], cfg.batch_size)
@@ -83,7 +83,7 @@ def explain(cfg: DictConfig) -> dict[str, Any]:
 # -- steps ------------------------------------------------------------------------------------
 
 
-def load_models(cfg: DictConfig, methods: list[str]) -> list:
+def load_explained_models(cfg: DictConfig, methods: list[str]) -> list:
     """The checkpoints of ``ckpt_path`` (one or a list) on the configured device; a named
     target layer is checked before any patch is read."""
     device = inference_device(cfg.device)

@@ -14,7 +14,7 @@ from vistumor.wsi.annotations import TumorAnnotation
 MIN_EDGE = 1000  # px: the long edge of a QC picture is at least about this ...
 MAX_EDGE = 2048  # ... and at most this (a 100,000 px slide's 3,125 px mask is halved)
 TISSUE_COLOUR = (40, 90, 255)
-ANNOTATION_COLOUR = (255, 200, 0)
+_ANNOTATION_COLOUR = (255, 200, 0)
 TILE_COLOURS = {TUMOR: (230, 20, 20), NORMAL: (20, 170, 60), AMBIGUOUS: (150, 150, 150)}
 
 
@@ -55,7 +55,7 @@ def draw_qc(
             cv2.rectangle(canvas, (u + 1, v + 1), (u + side - 2, v + side - 2), colour, 1)
     if annotation is not None and not annotation.is_empty:
         rings = [np.round(r).astype(np.int32) for r in annotation.outlines(0, 0, downsample)]
-        cv2.polylines(canvas, rings, isClosed=True, color=ANNOTATION_COLOUR, thickness=2)
+        cv2.polylines(canvas, rings, isClosed=True, color=_ANNOTATION_COLOUR, thickness=2)
     return canvas
 
 

@@ -59,7 +59,7 @@ class OneLineParser(argparse.ArgumentParser):
         sys.exit(user_error(f"{message} (see --help)"))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def viewer_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="python -m vistumor.viewer",
         description="See an inference run on the slide: Deep Zoom slide tiles, tumor-probability and "
@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = viewer_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
     try:
         app = ViewerApp(RunFolder(args.run_dir, slides=args.slides), args.cache_mb)

@@ -67,7 +67,7 @@ MAX_DIGITS = 20
 CONFIRMED, REJECTED, UNREVIEWED = "confirmed", "rejected", "unreviewed"
 STATUSES = (CONFIRMED, REJECTED, UNREVIEWED)
 #: the files of a saved review, by kind
-SUFFIXES = {"geojson": ".geojson", "xml": ".xml", "review": ".review.json"}
+REVIEW_SUFFIXES = {"geojson": ".geojson", "xml": ".xml", "review": ".review.json"}
 
 
 class ReviewError(ValueError):
@@ -210,7 +210,7 @@ def _polygon(vertices: list[list[float]], k: int, dimensions: tuple[int, int]) -
 
 
 @dataclass(frozen=True)
-class Outline:
+class DrawnOutline:
     """One tumor polygon of a review, with its GeoJSON feature id, name and properties."""
 
     feature_id: str
@@ -220,24 +220,24 @@ class Outline:
 
 
 def outlines(slide: str, review: Review, lesions: Sequence[Mapping[str, Any]], reviewed_at: str,
-             mpp: float | None) -> list[Outline]:
+             mpp: float | None) -> list[DrawnOutline]:
     """Confirmed predicted lesions, then drawn ones: the slide's reviewed tumor."""
     found = []
     for i, lesion in enumerate(lesions, 1):
         if review.statuses.get(lesion["id"]) == CONFIRMED:
             rings = lesion["rings"]
             measured = {k: lesion.get(k) for k in ("tumor_probability", "mean_probability", "area_mm2")}
-            found.append(Outline(str(lesion["id"]), f"lesion {i}", Polygon(rings[0], rings[1:]), {
+            found.append(DrawnOutline(str(lesion["id"]), f"lesion {i}", Polygon(rings[0], rings[1:]), {
                 "status": CONFIRMED, "source": "predicted", "lesion_id": lesion["id"],
                 "tumor_probability": lesion.get("tumor_probability"), "measurements": measured}))
     for k, points in enumerate(review.drawn, 1):
         polygon = Polygon(points)
         area = round(polygon.area * (mpp / 1000) ** 2, 6) if mpp else None
-        found.append(Outline(f"{slide}-drawn-{k}", f"drawn lesion {k}", polygon, {
+        found.append(DrawnOutline(f"{slide}-drawn-{k}", f"drawn lesion {k}", polygon, {
             "status": CONFIRMED, "source": "drawn", "lesion_id": None, "tumor_probability": None,
             "measurements": {"area_mm2": area}}))
     polygons = fill_shared_holes([o.polygon for o in found])
-    return [Outline(o.feature_id, o.name, polygon, {**o.properties, "reviewer": review.reviewer,
+    return [DrawnOutline(o.feature_id, o.name, polygon, {**o.properties, "reviewer": review.reviewer,
                                                     "reviewed_at": reviewed_at})
             for o, polygon in zip(found, polygons, strict=True)]
 
@@ -264,14 +264,14 @@ def fill_shared_holes(polygons: Sequence[Polygon]) -> list[Polygon]:
     return out
 
 
-def review_geojson(found: Sequence[Outline]) -> dict[str, Any]:
+def review_geojson(found: Sequence[DrawnOutline]) -> dict[str, Any]:
     """QuPath GeoJSON: every reviewed tumor polygon a ``Tumor`` annotation."""
     return {"type": "FeatureCollection", "features": [
         geojson_feature(o.feature_id, o.name, o.polygon, TUMOR_CLASS, TUMOR_COLOUR, **o.properties)
         for o in found]}
 
 
-def review_xml(found: Sequence[Outline]) -> str:
+def review_xml(found: Sequence[DrawnOutline]) -> str:
     """ASAP XML: every reviewed tumor polygon in group ``Tumor``, holes in ``Exclusion``."""
     return asap_xml([(o.name, TUMOR_CLASS, o.polygon) for o in found], GROUP_COLOURS)
 
@@ -289,7 +289,7 @@ class ReviewStore:
     def paths(self, model: str, slide: str) -> dict[str, Path]:
         """The files of a known model's review of a known slide (names from ``run.json`` only)."""
         folder = self.run.root / "reviews" / self.run.model(model).name
-        paths = {kind: folder / f"{self.run.slide(slide).name}{suffix}" for kind, suffix in SUFFIXES.items()}
+        paths = {kind: folder / f"{self.run.slide(slide).name}{suffix}" for kind, suffix in REVIEW_SUFFIXES.items()}
         if not all(p.resolve().is_relative_to(self.run.root) for p in paths.values()):
             raise NotFound("review outside the run folder")
         return paths

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 #: the heatmap layers: name -> (folder under the model, what the values are)
 LAYERS = {"probability": "heatmaps", "cam": "cams"}
-SUFFIXES = {"sidecar": ".json", "map": ".npy", "lesions": ".geojson", "figure": ".png"}
+RUN_SUFFIXES = {"sidecar": ".json", "map": ".npy", "lesions": ".geojson", "figure": ".png"}
 
 
 class NotFound(LookupError):
@@ -117,8 +117,8 @@ class RunFolder:
         """A heatmap layer's ``.npy`` and its sidecar."""
         if layer not in LAYERS:
             raise NotFound(f"no layer {layer!r}; layers are {sorted(LAYERS)}")
-        values = self.file(model, LAYERS[layer], slide, SUFFIXES["map"])
-        sidecar = self._read(self.file(model, LAYERS[layer], slide, SUFFIXES["sidecar"]), _json)
+        values = self.file(model, LAYERS[layer], slide, RUN_SUFFIXES["map"])
+        sidecar = self._read(self.file(model, LAYERS[layer], slide, RUN_SUFFIXES["sidecar"]), _json)
         return values, sidecar
 
     # -- what the pages show ----------------------------------------------------------------
@@ -148,7 +148,7 @@ class RunFolder:
         read by the annotation reader (:func:`~vistumor.wsi.geojson.read_geojson`); rings are
         every outline and hole, part by part, in level-0 px."""
         try:
-            path = self.file(model, "lesions", slide, SUFFIXES["lesions"])
+            path = self.file(model, "lesions", slide, RUN_SUFFIXES["lesions"])
         except NotFound:
             return []
         out = []

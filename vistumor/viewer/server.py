@@ -51,7 +51,7 @@ from vistumor.viewer.tiles import ByteLRU, DziGeometry, SlideTiles
 log = logging.getLogger(__name__)
 
 NUMBER = re.compile(r"^[0-9]{1,7}$")
-TILE = re.compile(r"^([0-9]{1,7})_([0-9]{1,7})\.(jpeg|png)$")
+_TILE = re.compile(r"^([0-9]{1,7})_([0-9]{1,7})\.(jpeg|png)$")
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
@@ -335,7 +335,7 @@ def _int(text: str) -> int:
 
 
 def _tile(file: str, fmt: str) -> tuple[int, int]:
-    found = TILE.match(file)
+    found = _TILE.match(file)
     if not found or found.group(3) != fmt:
         raise NotFound(f"{file!r} is not a {fmt} tile name")
     return int(found.group(1)), int(found.group(2))

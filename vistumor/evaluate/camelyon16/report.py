@@ -113,7 +113,7 @@ def froc_figure(curve: FrocCurve, path: str | Path) -> Path:
     return save_figure(fig, path)
 
 
-def roc_figure(evaluation: Evaluation, path: str | Path) -> Path:
+def slide_roc_figure(evaluation: Evaluation, path: str | Path) -> Path:
     """The slide-level ROC curve with its AUC and 95 % interval."""
     fpr, tpr = evaluation.roc
     low, high = evaluation.auc_ci95
@@ -139,6 +139,6 @@ def write_report(
     write_json(paths["json"], data)
     write_text(paths["csv"], per_slide_csv(evaluation))
     froc_figure(evaluation.curve, paths["froc"])
-    roc_figure(evaluation, paths["roc"])
+    slide_roc_figure(evaluation, paths["roc"])
     return paths
 
