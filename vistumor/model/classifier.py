@@ -22,12 +22,11 @@ from vistumor.errors import ConfigError
 from vistumor.model import backbones
 from vistumor.model.foundation import Trunk
 from vistumor.model.kinds import KIND_KEY, ModelKind, model_kind
-from vistumor.model.metrics import StageMetrics, key
+from vistumor.model.metrics import SplitSteps, StageMetrics, key
+from vistumor.tiling.sampling import SPLITS
 
-STAGES = ("train", "val", "test")
 
-
-class PatchClassifier(L.LightningModule):
+class PatchClassifier(SplitSteps, L.LightningModule):
     """Tumor-vs-normal patch classifier.
 
     Args:
@@ -103,7 +102,7 @@ class PatchClassifier(L.LightningModule):
         self.register_buffer("std", std, persistent=False)
         self.loss = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         # keys "train"/"val" would shadow nn.Module.train: suffix them
-        self.metrics = nn.ModuleDict({f"{s}_metrics": StageMetrics(s, threshold) for s in STAGES})
+        self.metrics = nn.ModuleDict({f"{s}_metrics": StageMetrics(s, threshold) for s in SPLITS})
         self.test_outputs: dict[str, list] = {}
         self.train()  # frozen modules in eval from the start: Lightning's fit never calls train()
 
@@ -193,15 +192,6 @@ class PatchClassifier(L.LightningModule):
         if stage == "test":
             self._collect(batch, probs)
         return loss
-
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
-
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._step(batch, "val")
-
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._step(batch, "test")
 
     def _log_metrics(self, stage: str) -> None:
         values = self.metrics[f"{stage}_metrics"].compute()

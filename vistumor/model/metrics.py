@@ -85,3 +85,17 @@ class StageMetrics(nn.Module):
     def reset(self) -> None:
         self.confusion.reset()
         self.auroc.reset()
+
+
+class SplitSteps:
+    """Lightning's train/val/test steps as one ``_step(batch, split)`` (written once, shared by
+    the patch classifier and the MIL classifier); list it before ``LightningModule``."""
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._step(batch, "test")

@@ -25,14 +25,14 @@ import torch.nn.functional as F
 from vistumor.data.epochs import stream_seed
 from vistumor.errors import ConfigError
 from vistumor.model.aggregators import CLAMSB, MILOutput, build_aggregator
-from vistumor.model.classifier import STAGES
 from vistumor.model.kinds import KIND_KEY, ModelKind, model_kind
-from vistumor.model.metrics import StageMetrics, key
+from vistumor.model.metrics import SplitSteps, StageMetrics, key
+from vistumor.tiling.sampling import SPLITS
 
 KIND = ModelKind.MIL
 
 
-class MILClassifier(L.LightningModule):
+class MILClassifier(SplitSteps, L.LightningModule):
     """A slide classifier on bags, with per-patch attention.
 
     Args:
@@ -69,7 +69,7 @@ class MILClassifier(L.LightningModule):
         self.hparams[KIND_KEY] = KIND.value
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.net = build_aggregator(aggregator, in_dim, hidden_dim, attention_dim, dropout)
-        self.metrics = torch.nn.ModuleDict({f"{s}_metrics": StageMetrics(s, threshold) for s in STAGES})
+        self.metrics = torch.nn.ModuleDict({f"{s}_metrics": StageMetrics(s, threshold) for s in SPLITS})
         self.test_outputs: dict[str, list] = {}
 
     @property
@@ -108,15 +108,6 @@ class MILClassifier(L.LightningModule):
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
         # dropout as a pure function of (seed, epoch, step): a resumed run draws the same masks
         torch.manual_seed(stream_seed(self.hparams.seed, self.current_epoch, batch_idx))
-
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
-
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._step(batch, "val")
-
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._step(batch, "test")
 
     def _log_metrics(self, stage: str) -> None:
         metric = self.metrics[f"{stage}_metrics"]
