@@ -502,3 +502,11 @@ def test_the_command_serves_on_localhost_and_prints_the_url(tiny_run):
 def test_the_command_refuses_a_folder_without_a_run(tmp_path, capsys):
     assert main([str(tmp_path), "--port", "0"]) == 2
     assert "no run.json" in capsys.readouterr().err
+
+
+def test_the_cam_layer_is_titled_by_the_method_its_canvas_recorded():
+    from vistumor.viewer.layers import cam_title
+
+    assert cam_title({"method": "rollout"}) == "attention rollout (probability-weighted)"
+    assert cam_title({"method": "attention"}) == "class-token attention (probability-weighted)"
+    assert cam_title({}) == "Grad-CAM++ (probability-weighted)"  # canvases from before cam.method

@@ -30,6 +30,9 @@ MASK = PredictedMask.name
 METHODS = (*CAM_METHODS, *SALIENCY, *ATTENTION, MASK)
 #: methods with raw maps on the patch grid from one batched pass (the whole-slide canvas)
 CANVAS_METHODS = (*FAST, *ATTENTION)
+#: how figures and the viewer title a canvas made by each method
+CANVAS_TITLES = {"gradcam++": "Grad-CAM++", "gradcam": "Grad-CAM", "attention": "class-token attention",
+                 "rollout": "attention rollout"}
 
 
 def check_method(method: str) -> str:

@@ -1,4 +1,5 @@
-"""The summary figure of a slide: thumbnail | probability | Grad-CAM++ | ground truth | lesions."""
+"""The summary figure of a slide: thumbnail | probability | CAM (Grad-CAM++ or the canvas method) | ground truth |
+lesions."""
 
 from __future__ import annotations
 
@@ -23,11 +24,11 @@ def _outline(ax, rings: list[np.ndarray], colour: str, width: float = 1.2) -> No
 def summary_figure(
     path: Path, thumbnail: np.ndarray, thumb_ds: float, prob: np.ndarray, cell_px: float,
     cam: np.ndarray | None, cam_px: float, cam_scale: float, annotation: TumorAnnotation | None,
-    lesions: list[Lesion], title: str,
+    lesions: list[Lesion], title: str, cam_title: str = "Grad-CAM++",
 ) -> Path:
     """Five panels over the thumbnail; ``cam`` is the canvas reduced to about thumbnail size
     (``cam_px`` level-0 px per value), divided by ``cam_scale``."""
-    panels = ["slide", "tumor probability", "Grad-CAM++ (probability-weighted)", "ground truth",
+    panels = ["slide", "tumor probability", f"{cam_title} (probability-weighted)", "ground truth",
               f"predicted lesions ({len(lesions)})"]
     aspect = thumbnail.shape[0] / max(thumbnail.shape[1], 1)
     fig = Figure(figsize=(3.2 * len(panels), 3.2 * aspect + 0.7), dpi=110)

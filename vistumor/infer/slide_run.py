@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from vistumor.explain.methods import CANVAS_TITLES
 from vistumor.files import fingerprint
 from vistumor.infer.detections import nms_points, slide_score, write_detections
 from vistumor.infer.engine import Scorer
@@ -203,7 +204,8 @@ def write_outputs(item: SlideInput, grid: SlideGrid, m: ModelRun, pmap: Probabil
     points = nms_points(lesion_map, lesion_px, radius, d.min_prob)
     write_detections(m.path("detections", item.slide_id, ".csv"), points)
     summary_figure(m.path("figures", item.slide_id, ".png"), picture, picture_ds, values,
-                   grid.stride0, cam, cam_px, scale, annotation, lesions, f"{item.slide_id}: {m.name}")
+                   grid.stride0, cam, cam_px, scale, annotation, lesions, f"{item.slide_id}: {m.name}",
+                   CANVAS_TITLES[params.cam.method])
     return {"score": slide_score(values, params.score.method, params.score.k), "lesions": len(lesions),
             "detections": len(points), "cam_scale": scale, "map": canvas is not None, "lesion_source": source,
             "largest_lesion_mm2": lesions[0].area_mm2 if lesions else 0.0}

@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 from matplotlib import colormaps
 
+from vistumor.explain.methods import CANVAS_TITLES
 from vistumor.infer.heatmap import COLORMAP
 from vistumor.viewer.run import LAYERS, NotFound, RunFolder
 from vistumor.viewer.tiles import ByteLRU, DziGeometry
@@ -109,6 +110,11 @@ class HeatLayer:
     title: str = ""
 
 
+
+def cam_title(sidecar: dict[str, Any]) -> str:
+    """The CAM layer's title by the method its canvas recorded (runs before it: Grad-CAM++)."""
+    return f"{CANVAS_TITLES.get(str(sidecar.get('method', 'gradcam++')), 'CAM')} (probability-weighted)"
+
 class HeatTiles:
     """Heatmap tiles of a run: maps opened once, tiles encoded once (LRU)."""
 
@@ -126,7 +132,7 @@ class HeatTiles:
             path, sidecar = self.run.layer_files(model, layer, slide)
             value = str(sidecar.get("value", ""))
             title = MASK_TITLE if "segmentation" in value else ATTENTION_TITLE if "attention" in value \
-                else TITLES[layer]
+                else cam_title(sidecar) if layer == "cam" else TITLES[layer]
             found = HeatLayer(np.load(path, mmap_mode="r"), MapGrid.of(sidecar), self.vmax(layer, sidecar, model),
                               COLORMAPS[layer], sidecar.get("cell_size_um"), title)
             if found.values.ndim != 2:
