@@ -29,9 +29,10 @@ from vistumor.infer.inputs import SlideInput
 from vistumor.infer.params import InferParams
 from vistumor.infer.slide_run import ModelRun
 from vistumor.viewer.cli import main
+from vistumor.viewer.guards import loopback_hosts
 from vistumor.viewer.layers import FADE, FLOOR, MapGrid, colour, lut, sample
 from vistumor.viewer.run import RunFolder
-from vistumor.viewer.server import ViewerApp, ViewerServer, loopback_hosts
+from vistumor.viewer.server import ViewerApp, ViewerServer
 from vistumor.viewer.tiles import ByteLRU, DziGeometry
 from vistumor.wsi.annotations import TumorAnnotation, read_annotations
 

@@ -38,10 +38,11 @@ from http.server import BaseHTTPRequestHandler
 from importlib import resources
 from pathlib import Path
 from typing import Any, BinaryIO
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 from vistumor.errors import VisTumorError
 from vistumor.viewer import pages
+from vistumor.viewer.guards import LOOPBACK, Misdirected, Refused, content_length, loopback_hosts, same_origin
 from vistumor.viewer.layers import HeatTiles
 from vistumor.viewer.pool import TIMEOUT, PooledHTTPServer
 from vistumor.viewer.review import MAX_BYTES, ReviewConflict, ReviewError, ReviewStore
@@ -59,24 +60,9 @@ SECURITY_HEADERS = {
                                "style-src 'self' 'unsafe-inline'; object-src 'none'; frame-ancestors 'none'",
 }
 TILE_CACHE = "private, max-age=600"
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 STATIC = resources.files("vistumor.viewer") / "static"
 #: threads answering requests: the slide tiles' decoding runs in parallel (OpenSlide, JPEG)
 WORKERS = min(32, (os.cpu_count() or 1) + 4)
-
-
-class Refused(PermissionError):
-    """A write from another origin (HTTP 403)."""
-
-
-class Misdirected(PermissionError):
-    """A request naming another host (HTTP 421): DNS rebinding, or a proxy's mistake."""
-
-
-def loopback_hosts(port: int) -> frozenset[str]:
-    """The ``Host`` headers of a server on loopback ``port`` (lower case)."""
-    names = ("127.0.0.1", "localhost", "[::1]")
-    return frozenset({f"{name}:{port}" for name in names} | (set(names) if port == 80 else set()))
 
 
 @dataclass
@@ -292,34 +278,6 @@ class ViewerApp:
     def figure(self, model: str, file: str) -> Response:
         path = self.run.file(model, "figures", _stem(file, ".png"), ".png")
         return Response(HTTPStatus.OK, path.read_bytes(), "image/png")
-
-
-def content_length(headers: Any, limit: int) -> int:
-    """The request's ``Content-Length``, at most ``limit`` (so the body can be read whole)."""
-    if headers.get("Transfer-Encoding"):
-        raise ReviewError("chunked bodies are not accepted; send a Content-Length")
-    text = (headers.get("Content-Length") or "").strip()
-    if not (text.isascii() and text.isdigit() and len(text) < 19):
-        raise ReviewError("a Content-Length is required" if not text else f"bad Content-Length {text[:20]!r}")
-    length = int(text)
-    if length > limit:
-        raise ReviewError(f"the review is {length} bytes; the limit is {limit}")
-    return length
-
-
-def same_origin(headers: Any, loopback_only: bool) -> None:
-    """:class:`Refused` unless the request comes from a page of this server (``Origin`` equal
-    to ``Host`` when sent) reached by a loopback name (when serving on loopback)."""
-    host = headers.get("Host") or ""
-    origin = headers.get("Origin")
-    if origin is not None and origin != f"http://{host}":
-        raise Refused(f"a review is saved from this server's own page, not from {origin[:80]!r}")
-    try:
-        hostname = urlsplit(f"http://{host}").hostname
-    except ValueError:
-        hostname = None
-    if loopback_only and hostname not in LOOPBACK:
-        raise Refused(f"host {host[:80]!r} is not this machine's loopback address")
 
 
 def _stem(file: str, suffix: str) -> str:
