@@ -408,6 +408,18 @@ def compose_stage(name: str, root: Path, data_root: Path, out: Path, *overrides:
     return cfg
 
 
+def compose_infer(root: Path, data_root: Path, ckpt: Path | str, out: Path, *overrides: str) -> DictConfig:
+    """``infer.yaml`` over a CAMELYON16-layout folder, on the CPU, without a progress bar."""
+    base = ["data=camelyon16", "data.generate=null", f"paths.root_dir={root}", f"data.root={data_root}",
+            "device=cpu", "run.progress=false", f"ckpt_path={ckpt}"]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("infer", overrides=[*base, *overrides], return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out)
+    return cfg
+
+
 @pytest.fixture(scope="session")
 def trained(dataset, tmp_path_factory) -> SimpleNamespace:
     """test_resnet trained 2 epochs at 64 px with the default callbacks (CamMonitor included)."""

@@ -11,25 +11,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import CONF
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
+from conftest import compose_infer
 
 from vistumor.cli import run_task
 from vistumor.errors import USER_ERROR_STATUS
 from vistumor.tasks import infer
 
-
-def infer_cfg(root, data, ckpt, out, *overrides: str):
-    base = ["data=camelyon16", "data.generate=null", f"paths.root_dir={root}", f"data.root={data}",
-            "device=cpu", "run.progress=false", f"ckpt_path={ckpt}"]
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("infer", overrides=[*base, *overrides], return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(out)
-    return cfg
+infer_cfg = compose_infer
 
 
 @pytest.mark.parametrize(("override", "line"), [

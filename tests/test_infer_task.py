@@ -12,10 +12,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import CONF, PROJECT
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
+from conftest import PROJECT, compose_infer
 
 from vistumor.cli import run_task
 from vistumor.errors import ConfigError
@@ -23,14 +20,7 @@ from vistumor.tasks import infer
 
 
 def infer_cfg(trained, out, *overrides: str):
-    base = ["data=camelyon16", "data.generate=null", f"paths.root_dir={trained.root}", f"data.root={trained.data}",
-            "device=cpu", "run.progress=false", f"ckpt_path={trained.last}"]
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("infer", overrides=[*base, *overrides], return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(out)
-    return cfg
+    return compose_infer(trained.root, trained.data, trained.last, out, *overrides)
 
 
 def test_infer_on_the_checkpoints_test_slides(trained, tmp_path):
