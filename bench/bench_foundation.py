@@ -28,6 +28,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
+from bench_models import rate  # noqa: E402  (bench/ is the script's folder)
 from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
@@ -36,21 +37,6 @@ from vistumor.explain.methods import explainer  # noqa: E402
 from vistumor.model.classifier import PatchClassifier  # noqa: E402
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-
-
-def rate(fn, images: int, warmup: int, seconds: float, sync) -> float:
-    """Images per second of ``fn`` over at least ``seconds`` (and 2 calls) after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    sync()
-    start, calls = time.perf_counter(), 0
-    while True:
-        fn()
-        calls += 1
-        sync()
-        elapsed = time.perf_counter() - start
-        if elapsed >= seconds and calls >= 2:
-            return images * calls / elapsed
 
 
 def build(name: str, device: str) -> PatchClassifier:

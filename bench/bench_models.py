@@ -24,8 +24,8 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-from vistumor.explain.cam import Explainer  # noqa: E402
 
+from vistumor.explain.methods import explainer  # noqa: E402
 from vistumor.model.classifier import PatchClassifier  # noqa: E402
 
 
@@ -69,8 +69,8 @@ def bench_backbone(name: str, batch: int, size: int, device: str, dtype: str, se
         loss.backward()
         optimizer.step()
 
-    fast = Explainer(model, "gradcam++", fast=True, batch_size=batch)
-    slow = Explainer(model, "gradcam++", fast=False, batch_size=batch)
+    fast = explainer(model, "gradcam++", fast=True, batch_size=batch)
+    slow = explainer(model, "gradcam++", fast=False, batch_size=batch)
 
     def cam_fast():
         with autocast:
